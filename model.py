@@ -1,0 +1,499 @@
+"""model.py — the Qwen network (Qwen2, Qwen2.5, Qwen3 dense), written by hand, plus its tokenizer.
+
+Reads and writes Hugging Face checkpoint folders unchanged: module names match theirs
+(`model.layers.N.self_attn.q_proj`, ...), so there is no key remapping anywhere.
+
+    cfg = QwenConfig.from_json("ckpt/config.json")
+    model = Qwen.from_pretrained("ckpt")              # meta-device build, assign=True load
+    logits = model(ids)                               # [B, T, V]
+    hidden = model(ids, return_hidden=True)           # [B, T, d]; ppo.py fuses the lm_head
+    tok = Tokenizer.from_pretrained("ckpt")
+    ids = tok.encode(tok.chat([{"role": "user", "content": "hi"}]))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CheckpointError(Exception):
+    """A checkpoint folder that cannot be loaded; the message names the file and key."""
+
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class QwenConfig:
+    """Mirror of Hugging Face's `config.json` for Qwen2/Qwen2.5 and Qwen3 (dense)."""
+
+    model_type: str = "qwen2"  # "qwen2" (q/k/v bias) or "qwen3" (q_norm/k_norm, no bias)
+    vocab_size: int = 151936
+    hidden_size: int = 896
+    intermediate_size: int = 4864
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 14
+    num_key_value_heads: int = 2
+    head_dim: int | None = None  # Qwen3 sets it explicitly; Qwen2 derives hidden/heads
+    max_position_embeddings: int = 32768
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1000000.0
+    tie_word_embeddings: bool = False
+    attention_bias: bool | None = None  # None: the model_type's default (qwen2 True, qwen3 False)
+    hidden_act: str = "silu"
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    torch_dtype: str = "float32"
+    extra: dict = field(default_factory=dict, repr=False)  # unknown keys, written back on save
+
+    def __post_init__(self):
+        if self.model_type not in ("qwen2", "qwen3"):
+            raise CheckpointError(
+                f"unsupported model_type {self.model_type!r} (supported: qwen2, qwen3)")
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.attention_bias is None:
+            self.attention_bias = self.model_type == "qwen2"
+        if self.hidden_act != "silu":
+            raise CheckpointError(f"unsupported hidden_act {self.hidden_act!r} (only silu)")
+        if self.extra.get("use_sliding_window"):
+            raise CheckpointError("use_sliding_window=true is not supported (full attention only)")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise CheckpointError("num_attention_heads must be a multiple of num_key_value_heads")
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "QwenConfig":
+        d = dict(d)
+        if "model_type" not in d:
+            raise CheckpointError(f"{source}: missing key 'model_type'")
+        # transformers >= 5 nests rope_theta inside rope_parameters
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if "rope_theta" not in d and "rope_theta" in rope:
+            d["rope_theta"] = rope["rope_theta"]
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise CheckpointError(f"{source}: unsupported rope scaling {rope_type!r}")
+        if "dtype" in d and "torch_dtype" not in d:
+            d["torch_dtype"] = d["dtype"]
+        names = {f.name for f in fields(cls)} - {"extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        extra = {k: v for k, v in d.items() if k not in names}
+        try:
+            return cls(**known, extra=extra)
+        except TypeError as e:
+            raise CheckpointError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_json(cls, path: str) -> "QwenConfig":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: not found (is this a checkpoint folder?)") from None
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+        return cls.from_dict(d, source=path)
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "extra"}
+        d = {**self.extra, **d}
+        d["architectures"] = ["Qwen2ForCausalLM" if self.model_type == "qwen2" else "Qwen3ForCausalLM"]
+        d.pop("rope_parameters", None)
+        d.pop("rope_scaling", None)
+        if self.model_type == "qwen2":
+            d.pop("attention_bias")  # always on in Qwen2; transformers' Qwen2Config has no such key
+        return d
+
+
+# -----------------------------------------------------------------------------
+# Building blocks
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # normalise in fp32, then cast back before the weight (Hugging Face's order)
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_cos_sin(positions, head_dim: int, theta: float, dtype):
+    """positions [B, T] -> cos, sin [B, 1, T, head_dim] (computed in fp32)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device,
+                                             dtype=torch.float32) / head_dim))
+    angles = positions.float()[..., None] * inv_freq  # [B, T, hd/2]
+    emb = torch.cat([angles, angles], dim=-1)[:, None]  # [B, 1, T, hd]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """x [B, H, T, hd]; rotate the two halves (Qwen's rotate_half convention)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class KVCache(nn.Module):
+    """Preallocated keys/values for every layer: [L, B, H_kv, S, hd], written at given positions.
+
+    Rows may hold sequences of different lengths: each forward passes the absolute positions of
+    its new tokens, keys land in those slots, and the attention mask lets a query at position p
+    see slots 0..p only — so stale or padded slots beyond a row's length are never read.
+    """
+
+    def __init__(self, n_layers, batch, n_kv_heads, max_len, head_dim, dtype=torch.float32,
+                 device=None):
+        super().__init__()
+        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def update(self, layer: int, positions, k, v):
+        """positions [B, T], k/v [B, H_kv, T, hd] -> the layer's full cache k, v [B, H_kv, S, hd]."""
+        idx = positions[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        self.k[layer].scatter_(2, idx, k.to(self.k.dtype))
+        self.v[layer].scatter_(2, idx, v.to(self.v.dtype))
+        return self.k[layer], self.v[layer]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: QwenConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.hd, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.hd, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.hd, cfg.hidden_size, bias=False)
+        if cfg.model_type == "qwen3":  # per-head RMSNorm on q and k, before RoPE
+            self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x, cos, sin, mask=None, cache=None, layer=0, positions=None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, positions, k, v)
+            if mask.shape[-1] < k.shape[2]:  # attend only to the slots that can be in use
+                k, v = k[:, :, :mask.shape[-1]], v[:, :, :mask.shape[-1]]
+        gqa = self.n_heads != self.n_kv
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: QwenConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: QwenConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask=None, cache=None, layer=0, positions=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, positions)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class QwenBody(nn.Module):
+    """Hugging Face's `model.` prefix: embeddings, decoder layers, final norm."""
+
+    def __init__(self, cfg: QwenConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+
+class Qwen(nn.Module):
+    def __init__(self, cfg: QwenConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = QwenBody(cfg)
+        # tied checkpoints have no lm_head module at all: the embedding doubles as the output layer
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    @property
+    def output_weight(self):
+        """The [V, d] output projection (the embedding when tied); ppo.py fuses it into log-probs."""
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def logits(self, hidden):
+        """hidden [..., d] -> logits [..., V]."""
+        return F.linear(hidden, self.output_weight)
+
+    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
+        c, p = self.config, self.output_weight
+        return KVCache(c.num_hidden_layers, batch, c.num_key_value_heads, max_len, c.head_dim,
+                       dtype=dtype or p.dtype, device=device or p.device)
+
+    def forward(self, input_ids, positions=None, cache: KVCache | None = None, return_hidden=False,
+                attend_len: int | None = None):
+        """input_ids [B, T] -> logits [B, T, V] (or final hidden states [B, T, d]).
+
+        Without a cache: positions default to 0..T-1, plain causal attention (right padding is
+        harmless). With a cache: `positions` [B, T] are each new token's absolute slot; a query at
+        position p attends to slots 0..p. `attend_len` (a host int >= max(positions)+1) limits
+        attention to the first slots of the cache, so decode cost grows with the text, not the buffer.
+        """
+        B, T = input_ids.shape
+        if positions is None:
+            if cache is not None:
+                raise ValueError("positions are required with a KV cache")
+            positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        mask = None
+        if cache is not None:
+            S = cache.max_len if attend_len is None else attend_len
+            slots = torch.arange(S, device=input_ids.device)
+            mask = (slots[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, S]
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, mask, cache, i, positions)
+        x = self.model.norm(x)
+        return x if return_hidden else self.logits(x)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- checkpoint folders -------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype=None, device=None) -> "Qwen":
+        """Load a Hugging Face checkpoint folder (single file or shards, tied or untied).
+
+        Built on the meta device and filled with `assign=True`, so a 7B model is never in
+        memory twice. dtype defaults to the checkpoint's stored dtype.
+        """
+        if not os.path.isdir(path):
+            raise CheckpointError(f"{path}: not a directory")
+        cfg = QwenConfig.from_json(os.path.join(path, "config.json"))
+        with torch.device("meta"):
+            model = cls(cfg)
+        expected = {k: v for k, v in model.state_dict().items()}
+        state = {}
+        for file in _weight_files(path):
+            state.update(_load_safetensors(file, device))
+        if cfg.tie_word_embeddings:
+            state.pop("lm_head.weight", None)  # some tied checkpoints store a copy; we never use it
+        for key, meta in expected.items():
+            if key not in state:
+                raise CheckpointError(f"{path}: missing tensor '{key}'")
+            if tuple(state[key].shape) != tuple(meta.shape):
+                raise CheckpointError(f"{path}: tensor '{key}' has shape {tuple(state[key].shape)}, "
+                                      f"config expects {tuple(meta.shape)}")
+        unexpected = sorted(set(state) - set(expected))
+        if unexpected:
+            raise CheckpointError(f"{path}: unexpected tensor '{unexpected[0]}' "
+                                  f"({len(unexpected)} unexpected in all)")
+        if dtype is not None:
+            state = {k: v.to(dtype) for k, v in state.items()}
+        model.load_state_dict(state, assign=True, strict=True)
+        return model.eval()
+
+    def save_pretrained(self, path: str, max_shard_bytes: int = 5 * 2**30):
+        """Write config.json + model.safetensors (or shards and an index above max_shard_bytes),
+        a folder transformers' AutoModelForCausalLM and vLLM load unchanged."""
+        from safetensors.torch import save_file
+
+        os.makedirs(path, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        cfg = self.config.to_dict()
+        cfg["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+        shards, current, size = [], {}, 0
+        for k, v in state.items():
+            nbytes = v.numel() * v.element_size()
+            if current and size + nbytes > max_shard_bytes:
+                shards.append(current)
+                current, size = {}, 0
+            current[k] = v
+            size += nbytes
+        shards.append(current)
+        for old in os.listdir(path):  # stale weights from an earlier save would shadow these
+            if old.startswith("model") and (old.endswith(".safetensors") or old.endswith(".index.json")):
+                os.remove(os.path.join(path, old))
+        if len(shards) == 1:
+            save_file(shards[0], os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+            return
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(path, name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+        total = sum(v.numel() * v.element_size() for v in state.values())
+        with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+
+def _weight_files(path: str) -> list[str]:
+    index = os.path.join(path, "model.safetensors.index.json")
+    single = os.path.join(path, "model.safetensors")
+    if os.path.exists(index):
+        try:
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: malformed index ({type(e).__name__}: {e})") from None
+        files = [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
+        for file in files:
+            if not os.path.exists(file):
+                raise CheckpointError(f"{index}: shard '{os.path.basename(file)}' not found")
+        return files
+    if os.path.exists(single):
+        return [single]
+    raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+
+
+def _load_safetensors(file: str, device=None) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    # a truncated/corrupt header makes safetensors fail with an opaque message: check it ourselves
+    try:
+        with open(file, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > os.path.getsize(file) - 8:
+                raise ValueError("header length exceeds file size")
+            json.loads(f.read(n))
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: corrupt safetensors file ({e})") from None
+    try:
+        return load_file(file, device=str(device) if device is not None else "cpu")
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CheckpointError(f"{file}: corrupt safetensors file ({e})") from None
+
+
+# -----------------------------------------------------------------------------
+# Tokenizer
+
+QWEN25_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+class Tokenizer:
+    """`tokenizers.Tokenizer` plus Qwen's special tokens and its ChatML template, rendered by hand."""
+
+    def __init__(self, tok, eos_id: int, pad_id: int, default_system: str | None, stop_ids=()):
+        self.tok = tok
+        self.eos_id = eos_id
+        self.pad_id = pad_id
+        self.default_system = default_system  # Qwen2.5 inserts one when no system message is given
+        self.stop_ids = tuple(dict.fromkeys([eos_id, *stop_ids]))  # generation stops on any of these
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "Tokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        file = os.path.join(path, "tokenizer.json")
+        try:
+            tok = HFTokenizer.from_file(file)
+        except Exception as e:  # the tokenizers library raises a bare Exception
+            raise CheckpointError(f"{file}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+        config = _read_json_if_exists(os.path.join(path, "tokenizer_config.json"))
+        gen = _read_json_if_exists(os.path.join(path, "generation_config.json"))
+
+        def token_id(name, key):
+            text = config.get(key)
+            if isinstance(text, dict):  # older configs store AddedToken dicts
+                text = text.get("content")
+            if text is None:
+                return None
+            i = tok.token_to_id(text)
+            if i is None:
+                raise CheckpointError(f"{path}/tokenizer_config.json: {key} {text!r} is not in the vocabulary")
+            return i
+
+        eos = token_id("eos", "eos_token")
+        gen_eos = gen.get("eos_token_id")
+        gen_eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+        if eos is None:
+            eos = gen_eos[0] if gen_eos else tok.token_to_id("<|endoftext|>")
+        if eos is None:
+            raise CheckpointError(f"{path}: no eos token in tokenizer_config.json or generation_config.json")
+        pad = token_id("pad", "pad_token")
+        im_end = tok.token_to_id("<|im_end|>")
+        template = config.get("chat_template") or ""
+        if isinstance(template, list):  # a list of named templates
+            template = " ".join(t.get("template", "") for t in template)
+        default_system = QWEN25_DEFAULT_SYSTEM if QWEN25_DEFAULT_SYSTEM in template else None
+        stops = gen_eos + ([im_end] if im_end is not None else [])
+        return cls(tok, eos, eos if pad is None else pad, default_system, stops)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Qwen2.5 ChatML: `<|im_start|>role\\ncontent<|im_end|>\\n` per message."""
+        out = []
+        if (not messages or messages[0]["role"] != "system") and self.default_system is not None:
+            out.append(f"<|im_start|>system\n{self.default_system}<|im_end|>\n")
+        for m in messages:
+            if m["role"] not in ("system", "user", "assistant"):
+                raise ValueError(f"unknown chat role {m['role']!r}")
+            out.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
+        if add_generation_prompt:
+            out.append("<|im_start|>assistant\n")
+        return "".join(out)
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        return self.encode(self.chat(messages, add_generation_prompt))
+
+
+def _read_json_if_exists(path: str) -> dict:
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
