@@ -410,14 +410,21 @@ def _load_safetensors(file: str, device=None) -> dict:
 # -----------------------------------------------------------------------------
 # Tokenizer
 
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 QWEN25_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# ChatML with no default system prompt, written for models this project trains (transformers/vLLM read it)
+CHATML_TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+                   "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+                   "{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
 class Tokenizer:
     """`tokenizers.Tokenizer` plus Qwen's special tokens and its ChatML template, rendered by hand."""
 
-    def __init__(self, tok, eos_id: int, pad_id: int, default_system: str | None, stop_ids=()):
+    def __init__(self, tok, eos_id: int, pad_id: int, default_system: str | None, stop_ids=(),
+                 chat_template: str = ""):
         self.tok = tok
+        self.chat_template = chat_template  # kept only so save_pretrained writes it back
         self.eos_id = eos_id
         self.pad_id = pad_id
         self.default_system = default_system  # Qwen2.5 inserts one when no system message is given
@@ -460,7 +467,36 @@ class Tokenizer:
             template = " ".join(t.get("template", "") for t in template)
         default_system = QWEN25_DEFAULT_SYSTEM if QWEN25_DEFAULT_SYSTEM in template else None
         stops = gen_eos + ([im_end] if im_end is not None else [])
-        return cls(tok, eos, eos if pad is None else pad, default_system, stops)
+        return cls(tok, eos, eos if pad is None else pad, default_system, stops, config.get("chat_template") or "")
+
+    @classmethod
+    def train(cls, texts, vocab_size: int) -> "Tokenizer":
+        """A small byte-level BPE trained on `texts`, with Qwen's special tokens (ids 0, 1, 2)."""
+        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(QWEN_SPECIAL_TOKENS),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        tok.train_from_iterator(texts, trainer)
+        im_end, eot = tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")
+        return cls(tok, eos_id=im_end, pad_id=eot, default_system=None, stop_ids=(eot,),
+                   chat_template=CHATML_TEMPLATE)
+
+    def save_pretrained(self, path: str):
+        """tokenizer.json + tokenizer_config.json + generation_config.json, as transformers expects."""
+        os.makedirs(path, exist_ok=True)
+        self.tok.save(os.path.join(path, "tokenizer.json"))
+        name = self.tok.id_to_token
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": name(self.eos_id),
+                  "pad_token": name(self.pad_id), "chat_template": self.chat_template,
+                  "model_max_length": 32768}
+        with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        with open(os.path.join(path, "generation_config.json"), "w") as f:
+            json.dump({"eos_token_id": list(self.stop_ids), "pad_token_id": self.pad_id}, f, indent=2)
 
     @property
     def vocab_size(self) -> int:

@@ -302,3 +302,20 @@ def test_corrupt_tokenizer(tmp_path):
     with pytest.raises(CheckpointError) as e:
         Tokenizer.from_pretrained(str(tmp_path))
     assert "tokenizer.json" in one_line(e)
+
+
+def test_trained_tokenizer_folder_loads_everywhere(tiny_ckpt):
+    """A folder this project writes: our loader, transformers' model and its chat template agree."""
+    tok = Tokenizer.from_pretrained(tiny_ckpt)
+    assert tok.default_system is None and tok.eos_id == tok.tok.token_to_id("<|im_end|>")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tiny_ckpt)
+    msgs = [{"role": "user", "content": "nums 3 5 7 target 22"}, {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "again"}]
+    assert hf_tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == tok.chat(msgs)
+    ids = tok.encode_chat(msgs)
+    assert hf_tok.decode(ids) == tok.decode(ids)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_ckpt).eval()
+    ours = Qwen.from_pretrained(tiny_ckpt)
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        assert (hf(x).logits - ours(x)).abs().max().item() <= 1e-4
