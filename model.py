@@ -124,26 +124,21 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        # normalise in fp32, then cast back before the weight (Hugging Face's order)
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # normalise in fp32, then cast back before the weight (Hugging Face's order); one fused op
+        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
-def rope_cos_sin(positions, head_dim: int, theta: float, dtype):
-    """positions [B, T] -> cos, sin [B, 1, T, head_dim] (computed in fp32)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device,
-                                             dtype=torch.float32) / head_dim))
-    angles = positions.float()[..., None] * inv_freq  # [B, T, hd/2]
-    emb = torch.cat([angles, angles], dim=-1)[:, None]  # [B, 1, T, hd]
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+def rope_tables(n_positions: int, head_dim: int, theta: float, device=None):
+    """cos, sin [n_positions, head_dim] in fp32; sin carries rotate_half's sign (-sin | +sin)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.arange(n_positions, device=device, dtype=torch.float32)[:, None] * inv_freq
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)
 
 
 def apply_rope(x, cos, sin):
-    """x [B, H, T, hd]; rotate the two halves (Qwen's rotate_half convention)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    """x [B, H, T, hd], cos/sin [B, 1, T, hd]; roll(x, hd/2) * signed sin == rotate_half(x) * sin."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 class KVCache(nn.Module):
@@ -254,6 +249,17 @@ class Qwen(nn.Module):
         self.model = QwenBody(cfg)
         # tied checkpoints have no lm_head module at all: the embedding doubles as the output layer
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self._rope = {}  # (device, dtype) -> cos/sin tables; a plain dict so meta-device builds skip it
+
+    def rope(self, positions, dtype):
+        """positions [B, T] -> cos, sin [B, 1, T, head_dim], looked up in tables built once."""
+        key = (positions.device, dtype)
+        if key not in self._rope:
+            cos, sin = rope_tables(self.config.max_position_embeddings, self.config.head_dim,
+                                   self.config.rope_theta, positions.device)
+            self._rope[key] = (cos.to(dtype), sin.to(dtype))
+        cos, sin = self._rope[key]
+        return cos[positions][:, None], sin[positions][:, None]
 
     @property
     def output_weight(self):
@@ -284,7 +290,7 @@ class Qwen(nn.Module):
                 raise ValueError("positions are required with a KV cache")
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
         x = self.model.embed_tokens(input_ids)
-        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        cos, sin = self.rope(positions, x.dtype)
         mask = None
         if cache is not None:
             S = cache.max_len if attend_len is None else attend_len
