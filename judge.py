@@ -1,5 +1,90 @@
 """judge.py — the model scores its own answers (RLSR's self-reward).
 
-Will hold `Judge(model, tokenizer, task, samples=k, ...).score(problems, answers)`; lands with
-the self-reward loop issue. Nothing here works yet.
+    judge = Judge(policy, tokenizer, task, samples=1)          # the live policy judges itself
+    rewards, texts = judge.score(problems, answers)            # rewards in [0, 1]
+
+The judge sees the problem and the extracted answer only (never the solver's reasoning), through
+`task.judge_prompt`, which neutralises any judge tag or special token inside the answer. Each judge
+call samples `samples` verdicts; the reward is the mean of the verdicts (the last
+`<JUDGE_SCORE>0|1</JUDGE_SCORE>` of each judge text, no verdict counting as 0). A missing or empty
+answer scores 0 and costs no judge call. All judge prompts of one `score` go through one batched
+`sample.generate` (in chunks of `batch_size` prompts when set).
+
+The judge model is whatever model you pass: the live policy (RLSR's setting), the frozen reference
+copy, or another checkpoint folder (train.py's `--judge live|frozen|DIR`). `agreement` compares
+judged verdicts with the formal verifier — for the logs only; the verifier never feeds the self-reward.
 """
+
+from __future__ import annotations
+
+import sample
+import tasks
+
+
+class Judge:
+    def __init__(self, model, tokenizer, task, samples: int = 1, temperature: float = 1.0,
+                 max_new_tokens: int = 256, top_p: float = 1.0, style: str = "full",
+                 batch_size: int = 0):
+        if samples < 1:
+            raise ValueError(f"judge samples must be >= 1, got {samples}")
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.samples, self.temperature, self.top_p = samples, temperature, top_p
+        self.max_new_tokens, self.style, self.batch_size = max_new_tokens, style, batch_size
+
+    def prompt_ids(self, problem, answer) -> list[int]:
+        return self.tokenizer.encode_chat(self.task.judge_prompt(problem, answer, style=self.style))
+
+    def score(self, problems: list, answers: list, seed: int | None = None):
+        """-> (rewards: list[float] in [0, 1], judge_texts: list[list[str]]; [] where not judged)."""
+        if len(problems) != len(answers):
+            raise ValueError(f"{len(problems)} problems but {len(answers)} answers")
+        rewards = [0.0] * len(answers)
+        texts: list[list[str]] = [[] for _ in answers]
+        todo = [i for i, a in enumerate(answers) if a is not None and str(a).strip()]
+        if not todo:
+            return rewards, texts
+        prompts = [self.prompt_ids(problems[i], answers[i]) for i in todo]
+        chunk = self.batch_size or len(prompts)
+        tok, k = self.tokenizer, self.samples
+        for start in range(0, len(prompts), chunk):
+            out = sample.generate(self.model, prompts[start:start + chunk], n=k,
+                                  max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                  top_p=self.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
+                                  seed=None if seed is None else seed + start)
+            for j in range(len(prompts[start:start + chunk])):
+                i = todo[start + j]
+                texts[i] = [decode_completion(tok, out.completion(j * k + s)) for s in range(k)]
+                rewards[i] = sum(verdict(t) for t in texts[i]) / k
+        return rewards, texts
+
+
+def verdict(text: str) -> int:
+    """1 if the last judge tag of `text` says 1; 0 otherwise (0, or no verdict at all)."""
+    return 1 if tasks.parse_verdict(text) == 1 else 0
+
+
+def decode_completion(tokenizer, ids) -> str:
+    """A completion's text, without the stop token that ended it (other special tokens are kept,
+    so that nothing the model wrote disappears before the judge prompt neutralises it)."""
+    ids = list(ids)
+    if ids and ids[-1] in tokenizer.stop_ids:
+        ids = ids[:-1]
+    return tokenizer.decode(ids)
+
+
+def agreement(judged: list[bool], correct: list[bool]) -> dict:
+    """Confusion counts of the judge's pass/fail against the verifier (positive = judged correct)."""
+    tp = sum(j and c for j, c in zip(judged, correct))
+    fp = sum(j and not c for j, c in zip(judged, correct))
+    tn = sum(not j and not c for j, c in zip(judged, correct))
+    fn = sum(not j and c for j, c in zip(judged, correct))
+    n = tp + fp + tn + fn
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn,
+            "precision": tp / (tp + fp) if tp + fp else None,
+            "recall": tp / (tp + fn) if tp + fn else None,
+            "accuracy": (tp + tn) / n if n else None}
+
+
+def passed(reward: float) -> bool:
+    """A judged answer passes when the majority of its verdicts says 1."""
+    return reward > 0.5

@@ -1,4 +1,702 @@
-"""train.py — the RLSR loop: problems -> rollouts -> self-reward -> advantages -> PPO.
+"""train.py — the RLSR loop: problems -> G rollouts -> self-reward -> group advantages -> PPO.
 
-Lands with the self-reward loop issue. Nothing here works yet.
+    python train.py --task countdown                          # RLSR on the embedded tiny model
+    python train.py --task countdown --reward verifier        # the formal-verifier baseline
+    python train.py --task countdown --problems self          # the policy also writes the problems
+    python train.py --resume runs/countdown-rl-...            # continue an interrupted run exactly
+    python train.py --stage sft --data sft.jsonl --model INIT --out DIR   # supervised fine-tuning
+
+Each step: problems (the task's generator, a pure function of (seed, step); or proposed by the policy,
+kept when its own judged samples are neither all-pass nor all-fail) -> G rollouts per problem ->
+rewards (the policy judging its own extracted answers, or the formal verifier as the baseline) ->
+group advantages -> PPO epochs -> one line of OUT/metrics.jsonl. The verifier is called on every
+rollout, but only to measure: rollout accuracy and the judge's TP/FP/TN/FN. Held-out accuracy every
+--eval-interval steps; OUT/ckpt/ (a model folder + trainer_state.pt, replaced atomically) every
+--save-interval steps. Weights, master copy and optimizer state are fp32; on CUDA the forward and
+backward run in bf16 autocast and rollouts come from a bf16 copy refreshed after every update.
+
+Reads top to bottom: the config (one dataclass; every field is a flag), the RL loop, its helpers,
+the SFT stage, then the command line.
 """
+
+import argparse
+import copy
+import inspect
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+import zlib
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from tqdm import tqdm
+
+import sample
+import tasks
+from eval import (DEFAULT_MODEL, META_FILE, Parser, check_model_dir, evaluate, load_checkpoint, pick_device, read_meta,
+                  verify_all)
+from judge import Judge, agreement, decode_completion, passed
+from model import CheckpointError, Qwen
+from ppo import PPOConfig, ValueHead, group_advantages, ppo_update, token_logprobs
+
+
+# -----------------------------------------------------------------------------
+# Config: each field is a command-line flag (--prompts-per-step ...); its comment is the --help text.
+
+
+@dataclass
+class TrainConfig:
+    # run
+    stage: str = "rl"  # rl: the self-reward loop; sft: supervised fine-tuning on --data
+    task: str = "countdown"  # task (a module in tasks/)
+    model: str = DEFAULT_MODEL  # starting checkpoint folder (default: the embedded tiny model)
+    out: str = ""  # output folder (default: runs/<task>-<stage>-<date>-<time>)
+    resume: str = ""  # continue the run saved in this folder (flags not given are taken from it)
+    steps: int = 200  # RL steps: one batch of rollouts and one PPO update each
+    seed: int = 0  # seed of the problems, the sampling and the update order
+    device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
+    prompt_style: str = ""  # prompt style (default: the model folder's nano_rlsr.json, else full)
+    # problems and rollouts
+    problems: str = "task"  # task: the task's generator; self: the policy proposes them
+    prompts_per_step: int = 8  # problems per step
+    group_size: int = 8  # rollouts per problem (G)
+    temperature: float = 1.0  # rollout sampling temperature
+    top_p: float = 1.0  # rollout nucleus sampling
+    max_new_tokens: int = 256  # longest rollout, in tokens
+    propose_n: int = 16  # --problems self: proposals sampled per step
+    propose_examples: int = 3  # --problems self: example problems shown in the propose prompt
+    propose_max_new_tokens: int = 128  # --problems self: longest proposal, in tokens
+    # rewards
+    reward: str = "self"  # self: the policy judges its own answers (RLSR); verifier: the formal checker
+    judge: str = "live"  # live: the current policy; frozen: the initial model; or a checkpoint folder
+    judge_samples: int = 1  # verdicts averaged per judged answer
+    judge_temperature: float = 1.0  # judge sampling temperature
+    judge_max_new_tokens: int = 256  # longest judge output, in tokens
+    # optimisation
+    lr: float = 0.0  # peak learning rate (0: 1e-6 for rl, 3e-4 for sft)
+    weight_decay: float = 0.0  # AdamW weight decay
+    ppo_epochs: int = 1  # PPO passes over each batch of rollouts
+    minibatch_size: int = 0  # rollouts per optimizer step (0: the whole batch)
+    micro_batch_size: int = 0  # rollouts per forward/backward, gradients accumulated (0: the minibatch)
+    clip_eps: float = 0.2  # PPO ratio clip range [1 - eps, 1 + eps]
+    kl_coef: float = 0.001  # k3 KL penalty to the initial model (0: no reference copy)
+    entropy_coef: float = 0.0  # entropy bonus
+    max_grad_norm: float = 1.0  # clip the gradient norm before each optimizer step
+    advantage: str = "group"  # group: GRPO, RLSR's choice; gae: a value head (classic PPO)
+    scale_std: bool = True  # group advantages divided by the group's std (off: Dr. GRPO)
+    # eval, logs, checkpoints
+    eval_interval: int = 20  # held-out eval every this many steps, at the start and the end (0: never)
+    eval_n: int = 64  # held-out (test split) problems
+    eval_temperature: float = 0.0  # held-out sampling temperature (0: greedy)
+    save_interval: int = 20  # checkpoint every this many steps and at the end
+    progress: bool = True  # show a tqdm bar
+    # supervised stage (--stage sft)
+    data: str = ""  # sft: JSONL file, one {"messages": [{"role": ..., "content": ...}, ...]} a line
+    epochs: int = 1  # sft: passes over the data
+    batch_size: int = 32  # sft: examples per optimizer step (bucketed by length)
+    max_len: int = 512  # sft: longest example in tokens (longer ones are skipped)
+    warmup: int = 100  # sft: linear warmup steps, then cosine decay to 10% of --lr
+    log_interval: int = 50  # sft: optimizer steps per log line
+
+
+CHOICES = dict(stage=("rl", "sft"), problems=("task", "self"), reward=("self", "verifier"),
+               advantage=("group", "gae"))
+# the only fields a --resume may change: how long to run and what to log
+RUN_FIELDS = ("steps", "resume", "out", "eval_interval", "save_interval", "progress")
+
+
+class UsageError(Exception):
+    """Bad input found after parsing (a data file, an output folder): printed as one line."""
+
+
+# -----------------------------------------------------------------------------
+# The RL loop
+
+
+def train_rl(cfg: TrainConfig):
+    task = tasks.get(cfg.task)
+    device = pick_device(cfg.device)
+    cuda = device.type == "cuda"
+    compute_dtype = torch.bfloat16 if cuda else torch.float32
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    os.makedirs(cfg.out, exist_ok=True)
+    ckpt = latest_checkpoint(cfg.out)
+
+    # models: the policy (fp32 master weights), the sampler (the policy, or its bf16 copy on CUDA),
+    # the frozen reference (the initial model: KL anchor, and the judge with --judge frozen)
+    policy, tok, meta = load_checkpoint(ckpt or cfg.model, device, torch.float32)
+    sampler = copy.deepcopy(policy).to(compute_dtype) if cuda else policy
+    reference = None
+    if cfg.kl_coef > 0 or cfg.judge == "frozen":
+        reference = Qwen.from_pretrained(cfg.model, dtype=compute_dtype, device=device).requires_grad_(False)
+    judge = None
+    if cfg.reward == "self":
+        judge_model, judge_tok, judge_style = sampler, tok, cfg.prompt_style
+        if cfg.judge == "frozen":
+            judge_model = reference
+        elif cfg.judge != "live":
+            judge_model, judge_tok, judge_meta = load_checkpoint(cfg.judge, device, compute_dtype)
+            judge_style = judge_meta.get("prompt_style", cfg.prompt_style)
+        judge = Judge(judge_model, judge_tok, task, samples=cfg.judge_samples, temperature=cfg.judge_temperature,
+                      max_new_tokens=cfg.judge_max_new_tokens, style=judge_style)
+    value_head = ValueHead(policy.config.hidden_size).to(device) if cfg.advantage == "gae" else None
+    params = list(policy.parameters()) + (list(value_head.parameters()) if value_head else [])
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    ppo_cfg = PPOConfig(epochs=cfg.ppo_epochs, minibatch_size=cfg.minibatch_size,
+                        micro_batch_size=cfg.micro_batch_size, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
+                        entropy_coef=cfg.entropy_coef, max_grad_norm=cfg.max_grad_norm,
+                        temperature=cfg.temperature, advantage=cfg.advantage, group_size=cfg.group_size,
+                        scale_std=cfg.scale_std)
+
+    start = 0
+    if ckpt:  # resume: weights came from the checkpoint folder, the rest from trainer_state.pt
+        state = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location=device, weights_only=False)
+        start = state["step"]
+        optimizer.load_state_dict(state["optimizer"])
+        if value_head is not None:
+            value_head.load_state_dict(state["value_head"])
+        set_rng_state(state["rng"])
+    metrics_file = os.path.join(cfg.out, "metrics.jsonl")
+    samples_file = os.path.join(cfg.out, "samples.jsonl")
+    for file in (metrics_file, samples_file):  # drop lines of steps after the checkpoint (a killed run)
+        truncate_jsonl(file, start)
+    heldout = task.make_problems(cfg.eval_n, seed=cfg.seed, split="test") if cfg.eval_interval else []
+
+    def run_eval(step):
+        t0 = time.time()
+        r = evaluate(sampler, tok, task, heldout, samples=1, temperature=cfg.eval_temperature,
+                     max_new_tokens=cfg.max_new_tokens, style=cfg.prompt_style, seed=cfg.seed)
+        return {"heldout_acc": r["mean@1"], "heldout_format_rate": r["format_rate"],
+                "heldout_mean_length": r["mean_length"], "time_eval": time.time() - t0}
+
+    if start == 0 and cfg.eval_interval:
+        append_jsonl(metrics_file, {"step": 0, **run_eval(0)})
+    last_acc = None
+    bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, disable=not cfg.progress,
+               dynamic_ncols=True, desc=f"rlsr {cfg.task}")
+    for step in bar:
+        torch.manual_seed(derive_seed(cfg.seed, step, "torch"))  # the update order: a function of (seed, step)
+        timer = Timer()
+
+        # 1. problems -> G rollouts each -> rewards
+        groups, source = [], {}
+        if cfg.problems == "self":
+            with timer("generate"):
+                proposed = propose_problems(cfg, sampler, tok, task, step)
+            candidates = score(cfg, task, judge, rollout(cfg, sampler, tok, task, proposed, step, "self", timer),
+                               step, "self", timer)
+            groups = [g for g in candidates if len({r["reward"] for r in g}) > 1][:cfg.prompts_per_step]
+            source = {"proposed_valid": len(proposed), "problems_self": len(groups)}
+        if len(groups) < cfg.prompts_per_step:  # task problems (top-up when self-proposed ones were too few)
+            problems = task.make_problems(cfg.prompts_per_step - len(groups),
+                                          seed=derive_seed(cfg.seed, step, "problems"), split="train")
+            groups += score(cfg, task, judge, rollout(cfg, sampler, tok, task, problems, step, "task", timer),
+                            step, "task", timer)
+        rows = [r for g in groups for r in g]
+
+        # 2. advantages and the PPO update (fp32 master weights; bf16 autocast on CUDA)
+        with timer("update"):
+            policy.train()
+            batch = ppo_batch(rows, tok.pad_id, device)
+            batch["rewards"] = torch.tensor([r["reward"] for r in rows], device=device)
+            if cfg.advantage == "group":  # GRPO: each reward against its group's mean (and std)
+                batch["advantages"] = group_advantages(batch["rewards"], cfg.group_size, cfg.scale_std)
+            with autocast:
+                stats = ppo_update(policy, optimizer, batch, ppo_cfg, ref_model=reference, value_head=value_head)
+            policy.eval()
+            if sampler is not policy:
+                copy_weights(sampler, policy)
+
+        # 3. log (and held-out eval, checkpoint)
+        line = step_metrics(step, groups, rows, stats, cfg, source)
+        if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.steps):
+            line.update(run_eval(step))
+            last_acc = line["heldout_acc"]
+        line.update(timer.times(), lr=optimizer.param_groups[0]["lr"])
+        append_jsonl(metrics_file, line)
+        append_jsonl(samples_file, example_line(step, rows[0], tok))
+        bar.set_postfix(reward=f"{line['reward_mean']:.3f}", judge_agree=fmt(line.get("judge_accuracy")),
+                        heldout_acc=fmt(last_acc))
+        if step % cfg.save_interval == 0 or step == cfg.steps:
+            save_checkpoint(cfg, policy, tok, meta, optimizer, value_head, step)
+    bar.close()
+    return metrics_file
+
+
+# -----------------------------------------------------------------------------
+# Helpers of the loop: problems, rollouts, rewards, the PPO batch, metrics
+
+
+def derive_seed(seed: int, step: int, what: str) -> int:
+    """A seed for one purpose at one step: runs (and resumed runs) see the same problems and samples."""
+    return zlib.crc32(f"{seed}/{step}/{what}".encode())
+
+
+def propose_problems(cfg, model, tok, task, step) -> list[dict]:
+    """The policy writes problems: propose_prompt with a few example problems, parse_problem
+    validates, duplicates (and copies of the examples) are dropped. No answers, no verifier."""
+    examples = task.make_problems(cfg.propose_examples, seed=derive_seed(cfg.seed, step, "examples"), split="train")
+    prompt = tok.encode_chat(task.propose_prompt(examples, style=cfg.prompt_style))
+    out = sample.generate(model, [prompt], n=cfg.propose_n, max_new_tokens=cfg.propose_max_new_tokens,
+                          temperature=cfg.temperature, top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
+                          seed=derive_seed(cfg.seed, step, "propose"))
+    seen = {json.dumps(p, sort_keys=True) for p in examples}
+    problems = []
+    for i in range(cfg.propose_n):
+        problem = task.parse_problem(decode_completion(tok, out.completion(i)))
+        key = json.dumps(problem, sort_keys=True)
+        if problem is not None and key not in seen:
+            seen.add(key)
+            problems.append(problem)
+    return problems
+
+
+def rollout(cfg, model, tok, task, problems, step, what, timer) -> list[dict]:
+    """G completions per problem -> one row per completion (with its extracted answer)."""
+    if not problems:
+        return []
+    G = cfg.group_size
+    prompts = [tok.encode_chat(task.prompt(p, style=cfg.prompt_style)) for p in problems]
+    with timer("generate"):
+        out = sample.generate(model, prompts, n=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                              top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
+                              seed=derive_seed(cfg.seed, step, f"rollout/{what}"))
+    rows = []
+    for i in range(len(prompts) * G):
+        ids = out.completion(i)
+        text = decode_completion(tok, ids)
+        rows.append(dict(problem=problems[i // G], prompt=prompts[i // G], completion=ids, text=text,
+                         logp=out.logprobs[i, :len(ids)].float().cpu(), truncated=out.finish_reasons[i] == "length",
+                         answer=task.extract_answer(text)))
+    return rows
+
+
+def score(cfg, task, judge, rows, step, what, timer) -> list[list[dict]]:
+    """Rewards for the rows (self: the judge's mean verdict; verifier: 1 if correct), grouped by problem.
+
+    The verifier runs on every row, but under --reward self its result is only logged ("correct")."""
+    problems, answers = [r["problem"] for r in rows], [r["answer"] for r in rows]
+    with timer("verify"):
+        correct = verify_all(task, problems, answers)
+    if cfg.reward == "verifier":
+        rewards, texts = [float(c) for c in correct], [[] for _ in rows]
+    else:
+        with timer("judge"):
+            rewards, texts = judge.score(problems, answers, seed=derive_seed(cfg.seed, step, f"judge/{what}"))
+    for r, c, w, t in zip(rows, correct, rewards, texts):
+        r.update(correct=c, reward=float(w), judge_texts=t)
+    G = cfg.group_size
+    return [rows[i:i + G] for i in range(0, len(rows), G)]
+
+
+def ppo_batch(rows, pad_id, device) -> dict:
+    """Prompt + completion per row, right-padded; response_mask and old_logp at the completion tokens
+    (position t is token t, ppo.py's convention)."""
+    T = max(len(r["prompt"]) + len(r["completion"]) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), T)
+    old_logp = torch.zeros(len(rows), T)
+    for b, r in enumerate(rows):
+        p, c = len(r["prompt"]), len(r["completion"])
+        ids[b, :p + c] = torch.tensor(r["prompt"] + r["completion"])
+        mask[b, p:p + c] = 1
+        old_logp[b, p:p + c] = r["logp"]
+    return {"input_ids": ids.to(device), "response_mask": mask.to(device), "old_logp": old_logp.to(device)}
+
+
+def step_metrics(step, groups, rows, stats, cfg, source) -> dict:
+    n = len(rows)
+    rewards = [r["reward"] for r in rows]
+    mean = sum(rewards) / n
+    lengths = [len(r["completion"]) for r in rows]
+    line = {"step": step, "reward_mean": mean, "reward_std": math.sqrt(sum((x - mean) ** 2 for x in rewards) / n),
+            "rollout_acc": sum(r["correct"] for r in rows) / n,  # the verifier: measured, not used (--reward self)
+            "format_rate": sum(r["answer"] is not None for r in rows) / n,
+            "groups_mixed": sum(len({r["reward"] for r in g}) > 1 for g in groups) / len(groups),
+            "len_mean": sum(lengths) / n, "len_max": max(lengths),
+            "truncated_rate": sum(r["truncated"] for r in rows) / n}
+    if cfg.problems == "self":
+        line.update(source)
+    if cfg.reward == "self":  # the judge against the verifier, over the answers it judged
+        judged = [r for r in rows if r["judge_texts"]]
+        stats_j = agreement([passed(r["reward"]) for r in judged], [r["correct"] for r in judged])
+        line.update({f"judge_{k}": v for k, v in stats_j.items()}, judge_judged=len(judged))
+    line.update(kl=stats.get("kl_ref", 0.0), clip_frac=stats.get("clip_frac", 0.0), entropy=stats.get("entropy"),
+                approx_kl=stats.get("approx_kl"), loss=stats.get("loss"), grad_norm=stats.get("grad_norm"),
+                sampler_logp_err=stats.get("sampler_logp_err"))
+    return line
+
+
+def example_line(step, row, tok) -> dict:
+    """One rollout per step, for reading what the model writes and what the judge says."""
+    return {"step": step, "problem": row["problem"], "completion": row["text"], "answer": row["answer"],
+            "reward": row["reward"], "correct": row["correct"], "judge": row["judge_texts"]}
+
+
+class Timer:
+    """Seconds spent per phase of a step: `with timer("generate"): ...`; .times() -> {"time_generate": s}."""
+
+    def __init__(self):
+        self.t0, self.spent = time.time(), {k: 0.0 for k in ("generate", "judge", "verify", "update")}
+
+    @contextmanager
+    def __call__(self, name):
+        t = time.time()
+        yield
+        self.spent[name] += time.time() - t
+
+    def times(self) -> dict:
+        return {**{f"time_{k}": v for k, v in self.spent.items()}, "time_step": time.time() - self.t0}
+
+
+def fmt(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+def copy_weights(dst, src):
+    with torch.no_grad():
+        for d, s in zip(dst.parameters(), src.parameters()):
+            d.copy_(s)
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: OUT/ckpt/ = a model folder + trainer_state.pt, replaced atomically
+
+
+def save_checkpoint(cfg, policy, tok, meta, optimizer, value_head, step):
+    """Write OUT/ckpt.tmp, then swap it in with renames: a kill at any moment leaves a whole checkpoint."""
+    final, tmp, old = (os.path.join(cfg.out, name) for name in ("ckpt", "ckpt.tmp", "ckpt.old"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model_folder(tmp, policy, tok, meta, cfg)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": get_rng_state(), "config": asdict(cfg),
+                "value_head": value_head.state_dict() if value_head is not None else None},
+               os.path.join(tmp, "trainer_state.pt"))
+    if os.path.exists(final):
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(out: str) -> str | None:
+    """OUT/ckpt, or OUT/ckpt.old when a kill fell between save_checkpoint's two renames."""
+    for name in ("ckpt", "ckpt.old"):
+        path = os.path.join(out, name)
+        if os.path.exists(os.path.join(path, "trainer_state.pt")):
+            return path
+    return None
+
+
+def save_model_folder(path, model, tok, meta, cfg):
+    """A folder Qwen.from_pretrained and transformers load: weights, config, tokenizer, nano_rlsr.json."""
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    if meta or cfg.prompt_style != "full":
+        with open(os.path.join(path, META_FILE), "w") as f:
+            json.dump({**meta, "prompt_style": cfg.prompt_style}, f, indent=2)
+
+
+def get_rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def append_jsonl(path, obj):
+    with open(path, "a") as f:
+        f.write(json.dumps(obj) + "\n")
+
+
+def truncate_jsonl(path, last_step):
+    """Keep the lines with step <= last_step (all of them gone when last_step is 0: a fresh start)."""
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path) as f:
+        for line in f:
+            try:
+                if last_step > 0 and json.loads(line)["step"] <= last_step:
+                    keep.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):  # a line cut off by a kill
+                pass
+    with open(path, "w") as f:
+        f.writelines(keep)
+
+
+# -----------------------------------------------------------------------------
+# Supervised stage: chat examples, loss on the assistant turns only
+
+
+def train_sft(cfg: TrainConfig):
+    device = pick_device(cfg.device)
+    cuda = device.type == "cuda"
+    model, tok, meta = load_checkpoint(cfg.model, device, torch.float32)
+    examples = read_chat_jsonl(cfg.data)
+    seqs = [s for s in (encode_example(tok, m) for m in examples) if s is not None and len(s[0]) <= cfg.max_len]
+    if not seqs:
+        raise UsageError(f"--data {cfg.data}: no example with an assistant turn fits --max-len {cfg.max_len}")
+    skipped = len(examples) - len(seqs)
+    per_epoch = math.ceil(len(seqs) / cfg.batch_size)
+    total = cfg.epochs * per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    os.makedirs(cfg.out, exist_ok=True)
+    log_file = os.path.join(cfg.out, "sft_metrics.jsonl")
+    open(log_file, "w").close()
+    print(f"sft: {len(seqs)} examples ({skipped} skipped: no assistant turn or longer than --max-len "
+          f"{cfg.max_len}), {cfg.epochs} epoch(s) x {per_epoch} steps, {model.num_params() / 1e6:.2f}M parameters")
+
+    model.train()
+    torch.manual_seed(cfg.seed)
+    bar = tqdm(total=total, disable=not cfg.progress, dynamic_ncols=True, desc="sft")
+    step, loss_sum, tokens, t0 = 0, 0.0, 0, time.time()
+    for epoch in range(cfg.epochs):
+        for batch in length_batches([len(s[0]) for s in seqs], cfg.batch_size, random.Random(cfg.seed + epoch)):
+            ids, mask = pad_batch([seqs[i] for i in batch], tok.pad_id, device)
+            lr = cosine_lr(step, total, cfg.lr, cfg.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext():
+                hidden = model(ids, return_hidden=True)
+            on = mask[:, 1:]  # hidden[t] predicts token t+1
+            loss = -token_logprobs(hidden[:, :-1][on], model.output_weight, ids[:, 1:][on]).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            step += 1
+            loss_sum += float(loss.detach())
+            tokens += int(on.sum())
+            bar.update(1)
+            if step % cfg.log_interval == 0 or step == total:
+                n = step % cfg.log_interval or cfg.log_interval
+                line = {"step": step, "epoch": epoch, "loss": loss_sum / n, "lr": lr,
+                        "loss_tokens_per_s": tokens / (time.time() - t0)}
+                append_jsonl(log_file, line)
+                bar.set_postfix(loss=f"{line['loss']:.4f}", lr=f"{lr:.2e}")
+                loss_sum, tokens, t0 = 0.0, 0, time.time()
+    bar.close()
+    model.eval()
+    save_model_folder(cfg.out, model, tok, meta, cfg)
+    print(f"sft: wrote {cfg.out}")
+    return cfg.out
+
+
+def read_chat_jsonl(path: str) -> list[list[dict]]:
+    """Each line {"messages": [{"role": ..., "content": ...}, ...]} -> the message lists."""
+    examples = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                messages = json.loads(line)["messages"]
+                if not all(m["role"] in ("system", "user", "assistant") and isinstance(m["content"], str)
+                           for m in messages):
+                    raise ValueError("each message needs role system|user|assistant and string content")
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise UsageError(f"{path}:{lineno}: not a chat example ({type(e).__name__}: {e})") from None
+            examples.append(messages)
+    if not examples:
+        raise UsageError(f"--data {path}: no examples")
+    return examples
+
+
+def encode_example(tok, messages):
+    """-> (ids, loss mask) or None without an assistant turn. The loss covers each assistant turn's
+    content and its closing <|im_end|>; the text before each such turn is encoded exactly as the chat
+    prompt is at generation time (tok.chat of the earlier messages with the generation prompt)."""
+    text = tok.chat(messages, add_generation_prompt=False)
+    ids, mask, pos = [], [], 0
+    for j, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(tok.chat(messages[:j], add_generation_prompt=True))
+        end = start + len(m["content"]) + len("<|im_end|>")
+        assert text[start:end] == m["content"] + "<|im_end|>", "tok.chat is not ChatML"
+        for piece, on in ((text[pos:start], False), (text[start:end], True)):
+            piece_ids = tok.encode(piece) if piece else []
+            ids += piece_ids
+            mask += [on] * len(piece_ids)
+        pos = end
+    return (ids, mask) if any(mask) else None
+
+
+def length_batches(lengths, batch_size, rng) -> list[list[int]]:
+    """Batches of similar lengths (little padding), ties broken at random, in random order."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def pad_batch(seqs, pad_id, device):
+    T = max(len(ids) for ids, _ in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for b, (x, m) in enumerate(seqs):
+        ids[b, :len(x)] = torch.tensor(x)
+        mask[b, :len(m)] = torch.tensor(m)
+    return ids.to(device), mask.to(device)
+
+
+def cosine_lr(step, total, peak, warmup) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+# -----------------------------------------------------------------------------
+# Command line: flags from TrainConfig; --resume takes the saved config and refuses a changed one
+
+
+def field_docs(cls) -> dict:
+    """name -> the comment after the field in the class source (its --help text)."""
+    docs = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+= .*?  # (.*)$", line)
+        if m:
+            docs[m.group(1)] = m.group(2)
+    return docs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="train.py", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1].split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    docs = field_docs(TrainConfig)
+    for f in fields(TrainConfig):
+        doc = docs.get(f.name, "").replace("%", "%%")
+        kw = dict(default=argparse.SUPPRESS, help=f"{doc} (default: {f.default!r})")
+        if isinstance(f.default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = type(f.default)
+            kw["choices"] = CHOICES.get(f.name)
+            kw["metavar"] = f.name.upper() if f.name not in CHOICES else None
+        parser.add_argument("--" + f.name.replace("_", "-"), **kw)
+    return parser
+
+
+def normalise(name, value):
+    """Paths become absolute, so a run resumed from another folder compares equal."""
+    if name in ("model", "data") and value:
+        return os.path.abspath(value)
+    if name == "judge" and value not in ("live", "frozen"):
+        return os.path.abspath(value)
+    return value
+
+
+def parse_config(argv=None) -> TrainConfig:
+    parser = build_parser()
+    given = {k: normalise(k, v) for k, v in vars(parser.parse_args(argv)).items()}  # only flags on the line
+    if given.get("resume"):
+        out = given["resume"]
+        saved_file = os.path.join(out, "config.json")
+        if not os.path.exists(saved_file):
+            parser.error(f"--resume {out}: no config.json there (not a train.py output folder)")
+        with open(saved_file) as f:
+            saved = json.load(f)
+        if "out" in given and os.path.abspath(given["out"]) != os.path.abspath(out):
+            parser.error("--resume OUT continues in OUT: leave --out out (or give the same folder)")
+        for k, v in given.items():
+            if k not in RUN_FIELDS and saved.get(k) != v:
+                parser.error(f"--resume {out}: the saved run has --{k.replace('_', '-')} {saved.get(k)!r}, "
+                             f"not {v!r} (only {', '.join('--' + f.replace('_', '-') for f in RUN_FIELDS)} "
+                             f"may change on resume)")
+        unknown = set(saved) - {f.name for f in fields(TrainConfig)}
+        if unknown:
+            parser.error(f"--resume {out}: config.json has unknown fields {sorted(unknown)} (another version?)")
+        cfg = TrainConfig(**{**saved, **given, "out": out})
+        problem = validate(cfg, fresh=False)
+        if problem:
+            parser.error(problem)
+        return cfg
+
+    # a fresh run: defaults < the model folder's nano_rlsr.json "train_defaults" < flags given
+    model = given.get("model", DEFAULT_MODEL)
+    try:
+        check_model_dir(model)
+        meta = read_meta(model)
+    except CheckpointError as e:
+        parser.error(str(e))
+    names = {f.name for f in fields(TrainConfig)} - {"model", "out", "resume", "stage"}
+    defaults = {k: v for k, v in (meta.get("train_defaults") or {}).items() if k in names}
+    cfg = TrainConfig(**{**defaults, **given})
+    cfg.lr = cfg.lr or (1e-6 if cfg.stage == "rl" else 3e-4)
+    cfg.prompt_style = cfg.prompt_style or meta.get("prompt_style", "full")
+    cfg.out = cfg.out or os.path.join("runs", f"{cfg.task}-{cfg.stage}-{time.strftime('%Y%m%d-%H%M%S')}")
+    problem = validate(cfg, fresh=True)
+    if problem:
+        parser.error(problem)
+    return cfg
+
+
+def validate(cfg: TrainConfig, fresh: bool) -> str | None:
+    """The first thing wrong with a config, as one line (None when it is fine)."""
+    try:
+        tasks.get(cfg.task)
+        pick_device(cfg.device)
+    except ValueError as e:
+        return str(e)
+    positive = ["steps", "prompts_per_step", "group_size", "max_new_tokens", "judge_samples",
+                "judge_max_new_tokens", "ppo_epochs", "save_interval", "epochs", "batch_size", "max_len",
+                "log_interval", "propose_n", "propose_max_new_tokens"]
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            if name == "prompts_per_step":  # the problem set of every step
+                return "--prompts-per-step must be >= 1 (an empty problem set has nothing to train on)"
+            return f"--{name.replace('_', '-')} must be >= 1"
+    for name in ("eval_interval", "minibatch_size", "micro_batch_size", "propose_examples", "warmup", "kl_coef",
+                 "entropy_coef", "weight_decay", "temperature", "judge_temperature", "eval_temperature"):
+        if getattr(cfg, name) < 0:
+            return f"--{name.replace('_', '-')} must be >= 0"
+    if cfg.eval_interval and cfg.eval_n < 1:
+        return "--eval-n must be >= 1 (or --eval-interval 0 to skip the held-out eval)"
+    if cfg.stage == "rl" and cfg.advantage == "group" and cfg.group_size < 2:
+        return "--group-size must be >= 2 for group advantages (one sample has no group to compare with)"
+    if cfg.temperature == 0 or not 0 < cfg.top_p <= 1 or cfg.lr <= 0:
+        return "--temperature must be > 0 for rollouts, --top-p in (0, 1], --lr > 0"
+    if cfg.judge not in ("live", "frozen"):
+        try:
+            check_model_dir(cfg.judge)
+        except CheckpointError as e:
+            return f"--judge must be live, frozen or a checkpoint folder ({e})"
+    if cfg.stage == "sft":
+        if not cfg.data:
+            return "--stage sft needs --data FILE.jsonl (one {\"messages\": [...]} chat example a line)"
+        if not os.path.isfile(cfg.data):
+            return f"--data {cfg.data}: no such file"
+    elif fresh and os.path.exists(os.path.join(cfg.out, "config.json")):
+        return f"--out {cfg.out} already holds a run: --resume {cfg.out} continues it, or pick another --out"
+    return None
+
+
+def main(argv=None):
+    cfg = parse_config(argv)
+    try:
+        if cfg.stage == "sft":
+            return train_sft(cfg)
+        if not cfg.resume:
+            os.makedirs(cfg.out, exist_ok=True)
+            with open(os.path.join(cfg.out, "config.json"), "w") as f:
+                json.dump(asdict(cfg), f, indent=2)
+        return train_rl(cfg)
+    except (CheckpointError, UsageError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

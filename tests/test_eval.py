@@ -1,0 +1,115 @@
+"""eval.py: numbers on a model whose outputs the test writes equal hand-computed values; the CLI."""
+
+import json
+import os
+
+import pytest
+
+import eval as ev
+import sample
+import tasks
+from model import Qwen, Tokenizer
+from test_judge import scripted_generate
+
+countdown = tasks.get("countdown")
+PROBLEMS = [{"numbers": [3, 5, 7], "target": 22}, {"numbers": [2, 3, 4], "target": 24},
+            {"numbers": [1, 2, 3], "target": 6}]
+# two samples per problem; verifier: right, wrong | no answer, right | wrong, wrong
+SOLUTIONS = {22: ["<answer>3*5+7</answer>", "<think>hm</think><answer>3+5+7</answer>"],
+             24: ["I give up", "<answer>2*3*4</answer>"],
+             6: ["<answer>1+2</answer>", "<answer> 1*2+3 </answer>"]}
+JUDGED_ONE = {"3*5+7", "3+5+7", "1+2"}  # judge: TP, FP | -, FN | FP, TN
+
+
+def script(prompt, s):
+    if "Proposed answer: " in prompt:
+        answer = prompt.split("Proposed answer: ", 1)[1].split("\n", 1)[0]
+        return f"let me see <JUDGE_SCORE>{int(answer in JUDGED_ONE)}</JUDGE_SCORE>"
+    target = int(prompt.split("create an equation that equals ", 1)[1].split(".", 1)[0])
+    return SOLUTIONS[target][s]
+
+
+@pytest.fixture()
+def scripted(tiny_ckpt, monkeypatch):
+    tok = Tokenizer.from_pretrained(tiny_ckpt)
+    monkeypatch.setattr(sample, "generate", scripted_generate(tok, script))
+    return tok
+
+
+def test_numbers_equal_hand_computed_values(tiny_ckpt, scripted):
+    tok = scripted
+    model = Qwen.from_pretrained(tiny_ckpt)
+    judge = ev.Judge(model, tok, countdown, samples=1)
+    r = ev.evaluate(model, tok, countdown, PROBLEMS, samples=2, judge=judge)
+    lengths = [len(tok.encode(t)) + 1 for p in PROBLEMS for t in SOLUTIONS[p["target"]]]  # + the stop token
+    assert r["mean@2"] == pytest.approx(2 / 6)
+    assert r["pass@2"] == pytest.approx(2 / 3)
+    assert r["format_rate"] == pytest.approx(5 / 6)
+    assert r["mean_length"] == pytest.approx(sum(lengths) / 6)
+    assert r["truncated_rate"] == 0.0
+    assert (r["judge_tp"], r["judge_fp"], r["judge_tn"], r["judge_fn"]) == (1, 2, 1, 1)
+    assert r["judge_precision"] == pytest.approx(1 / 3) and r["judge_recall"] == pytest.approx(1 / 2)
+    assert r["judge_accuracy"] == pytest.approx(2 / 5) and r["judge_judged"] == 5
+
+    r1 = ev.evaluate(model, tok, countdown, PROBLEMS, samples=1, batch_size=2)  # first samples only
+    assert r1["mean@1"] == pytest.approx(1 / 3) and r1["pass@1"] == pytest.approx(1 / 3)
+    assert r1["format_rate"] == pytest.approx(2 / 3) and "judge_tp" not in r1
+
+
+def test_cli_table_json_and_two_models(tiny_ckpt, scripted, tmp_path, capsys):
+    out = tmp_path / "res.json"
+    ev.main(["--task", "countdown", "--model", tiny_ckpt, tiny_ckpt, "--samples", "2", "--n", "3",
+             "--problems", write_problems(tmp_path), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "mean@2" in printed and "pass@2" in printed and "judge TP/FP/TN/FN" in printed and "1/2/1/1" in printed
+    data = json.loads(out.read_text())
+    assert len(data["results"]) == 2 and data["task"] == "countdown"
+    for r in data["results"]:
+        assert r["mean@2"] == pytest.approx(1 / 3) and r["judge_fp"] == 2 and r["prompt_style"] == "full"
+
+
+def test_cli_generated_problems_with_the_real_sampler(tiny_ckpt, tmp_path):
+    out = tmp_path / "r.json"
+    ev.main(["--model", tiny_ckpt, "--n", "2", "--samples", "2", "--max-new-tokens", "8",
+             "--judge-max-new-tokens", "8", "--out", str(out)])
+    r = json.loads(out.read_text())["results"][0]
+    assert r["problems"] == 2 and 0 <= r["mean@2"] <= r["pass@2"] <= 1 and r["mean_length"] <= 8
+
+
+def write_problems(tmp_path):
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    return str(path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "sudoku"], "unknown task"),
+    (["--n", "0"], "empty problem set"),
+    (["--samples", "0"], "--samples must be >= 1"),
+])
+def test_bad_flags_are_one_line(tiny_ckpt, args, message, capsys):
+    with pytest.raises(SystemExit):
+        ev.main(["--model", tiny_ckpt] + args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_bad_model_folders_are_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for folder, message in [(tmp_path / "empty", "config.json"), (tmp_path / "nope", "no such folder")]:
+        with pytest.raises(SystemExit) as e:
+            ev.main(["--model", str(folder), "--n", "1"])
+        assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
+    empty_file = tmp_path / "none.jsonl"
+    empty_file.write_text("\n")
+    with pytest.raises(SystemExit):
+        ev.main(["--model", str(tmp_path / "empty"), "--problems", str(empty_file)])
+    assert "empty problem set" in capsys.readouterr().err
+
+
+def test_default_model_missing_says_how_to_pass_one(monkeypatch, tmp_path):
+    monkeypatch.setattr(ev, "DEFAULT_MODEL", str(tmp_path / "assets" / "tiny-countdown"))
+    with pytest.raises(SystemExit) as e:
+        ev.main(["--n", "1", "--model", str(tmp_path / "assets" / "tiny-countdown")])
+    assert "not built yet" in str(e.value) and "--model" in str(e.value)
+    assert os.path.basename(ev.META_FILE) == "nano_rlsr.json"

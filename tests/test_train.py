@@ -1,0 +1,324 @@
+"""train.py: two steps of the loop per reward mode and problem source, exact resume (also after
+kill -9 and a crash mid-save), the metrics against the verifier, bad input, the SFT stage."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import sample
+import tasks
+import train
+from model import Qwen, Tokenizer
+from test_judge import scripted_generate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+countdown = tasks.get("countdown")
+TINY = ["--steps", "2", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "12",
+        "--judge-max-new-tokens", "8", "--propose-max-new-tokens", "8", "--propose-n", "6", "--eval-interval", "2",
+        "--eval-n", "2", "--lr", "1e-3", "--no-progress"]
+NEW_A, NEW_B = "nums 3 5 7 target 22", "nums 2 3 4 target 24"
+
+
+def script(prompt, s):
+    """What the 'model' writes: proposals (a copy of an example, a duplicate, two new problems, junk);
+    solver rows 0 mod 2 a correct answer, the rest the real tiny model's text (never an answer);
+    a judge that says 1 to every answer with a digit."""
+    if "Proposed answer: " in prompt:
+        answer = prompt.split("Proposed answer: ", 1)[1].split("\n", 1)[0]
+        return f"<JUDGE_SCORE>{int(any(c.isdigit() for c in answer))}</JUDGE_SCORE>"
+    if "Write one new Countdown problem" in prompt:
+        example = re.search(r"nums [\d ]+ target \d+", prompt).group(0)
+        return [f"<answer>{example}</answer>", f"<answer>{NEW_A}</answer>", f"ok <answer>{NEW_A}</answer>",
+                f"<answer>{NEW_B}</answer>", "junk", "nums 1 target"][s % 6]
+    if s % 2:
+        return None
+    m = re.search(r"numbers \[([\d, ]+)\], create an equation that equals (\d+)", prompt)
+    numbers, target = [int(x) for x in m.group(1).split(",")], int(m.group(2))
+    return f"<answer>{countdown.solve(numbers, target)}</answer>"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls gain nothing from threads, and spinning threads crawl on a busy shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def scripted(tiny_ckpt, monkeypatch):
+    tok = Tokenizer.from_pretrained(tiny_ckpt)
+    monkeypatch.setattr(sample, "generate", scripted_generate(tok, script, real=sample.generate))
+
+
+def run(*args):
+    """train.main in-process; -> the metrics lines of the run's folder."""
+    train.main([str(a) for a in args])
+    out = args[list(args).index("--out" if "--out" in args else "--resume") + 1]
+    return read_lines(os.path.join(out, "metrics.jsonl"))
+
+
+def read_lines(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def untimed(lines):
+    return [{k: v for k, v in line.items() if not k.startswith("time_")} for line in lines]
+
+
+def weights(path):
+    return Qwen.from_pretrained(path).state_dict()
+
+
+@pytest.mark.parametrize("reward, problems", [("self", "task"), ("verifier", "task"), ("self", "self"),
+                                              ("verifier", "self")])
+def test_two_steps_of_the_loop(tiny_ckpt, scripted, tmp_path, reward, problems):
+    out = tmp_path / "run"
+    t0 = time.time()
+    lines = run("--model", tiny_ckpt, "--out", out, "--reward", reward, "--problems", problems, *TINY)
+    elapsed = time.time() - t0
+    assert [line["step"] for line in lines] == [0, 1, 2]
+    assert "heldout_acc" in lines[0] and "heldout_acc" in lines[2] and "heldout_acc" not in lines[1]
+    for line in lines[1:]:
+        # half the rollouts carry a correct answer, the rest are the tiny model's (answerless) text
+        assert line["rollout_acc"] == 0.5 and line["format_rate"] == 0.5
+        assert line["reward_mean"] == 0.5 and line["groups_mixed"] == 1.0
+        for key in ("kl", "clip_frac", "entropy", "len_mean", "len_max", "time_generate", "time_judge",
+                    "time_update", "lr"):
+            assert key in line
+        if reward == "self":  # the judge says 1 to every answer (all correct here)
+            tp, fp, tn, fn = (line[f"judge_{k}"] for k in ("tp", "fp", "tn", "fn"))
+            assert tp + fp + tn + fn == line["judge_judged"] == 2 and fp == 0
+        else:
+            assert "judge_tp" not in line
+        if problems == "self":  # the copy of an example and the duplicate are dropped
+            assert line["proposed_valid"] == 2 and line["problems_self"] == 2
+    samples = read_lines(out / "samples.jsonl")
+    for s in samples:  # the metrics' verifier: the logged rollouts re-checked
+        assert s["correct"] == (s["answer"] is not None and countdown.verify(s["problem"], s["answer"]))
+    if problems == "self":
+        assert {countdown.problem_text(s["problem"]) for s in samples} <= {NEW_A, NEW_B}
+    # the checkpoint: a model folder that loads, with its tokenizer; the weights moved
+    ckpt = out / "ckpt"
+    assert Tokenizer.from_pretrained(str(ckpt)).vocab_size > 0
+    after, before = weights(str(ckpt)), weights(tiny_ckpt)
+    assert any(not torch.equal(after[k], before[k]) for k in before)
+    assert elapsed < 30
+
+
+def test_self_problems_top_up_on_a_random_model(tiny_ckpt, tmp_path):
+    """The tiny random model proposes nothing valid: task problems fill the step, which is logged."""
+    lines = run("--model", tiny_ckpt, "--out", tmp_path / "r", "--problems", "self", *TINY, "--steps", "1",
+                "--eval-interval", "0")
+    assert lines[0]["problems_self"] == 0 and lines[0]["proposed_valid"] == 0
+    assert len(read_lines(tmp_path / "r" / "samples.jsonl")) == 1
+
+
+def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tiny_ckpt, scripted, tmp_path):
+    flags = ["--model", tiny_ckpt, *TINY, "--ppo-epochs", "2", "--minibatch-size", "2", "--kl-coef", "0.05",
+             "--eval-interval", "1", "--save-interval", "1"]
+    straight = run(*flags, "--out", tmp_path / "a", "--steps", "4")
+    run(*flags, "--out", tmp_path / "b", "--steps", "2")
+    resumed = run("--resume", tmp_path / "b", "--steps", "4")
+    assert [line["step"] for line in resumed] == [0, 1, 2, 3, 4]
+    assert untimed(resumed) == untimed(straight)
+    a, b = weights(str(tmp_path / "a" / "ckpt")), weights(str(tmp_path / "b" / "ckpt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.load(tmp_path / "b" / "ckpt" / "trainer_state.pt", weights_only=False)["step"] == 4
+
+
+def test_crash_between_the_renames_of_a_save_keeps_a_checkpoint(tiny_ckpt, scripted, tmp_path, monkeypatch):
+    flags = ["--model", tiny_ckpt, *TINY, "--eval-interval", "0", "--save-interval", "1"]
+    straight = run(*flags, "--out", tmp_path / "a", "--steps", "3")
+    real_rename, calls = os.rename, []
+
+    def rename(src, dst):  # the save after step 2: ckpt -> ckpt.old done, then the process dies
+        calls.append(dst)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    monkeypatch.setattr(train.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        run(*flags, "--out", tmp_path / "b", "--steps", "3")
+    monkeypatch.setattr(train.os, "rename", real_rename)
+    assert not (tmp_path / "b" / "ckpt").exists() and (tmp_path / "b" / "ckpt.old").exists()
+    assert train.latest_checkpoint(str(tmp_path / "b")).endswith("ckpt.old")
+    resumed = run("--resume", tmp_path / "b")
+    assert untimed(resumed) == untimed(straight)
+
+
+def test_kill_9_then_resume(tiny_ckpt, tmp_path):
+    """A real process killed with SIGKILL mid-run; --resume finishes it with each step logged once."""
+    out = tmp_path / "k"
+    args = [sys.executable, os.path.join(REPO, "train.py"), "--model", tiny_ckpt, "--out", str(out), *TINY,
+            "--steps", "6", "--save-interval", "2", "--eval-interval", "0", "--lr", "1e-2"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(read_lines(metrics))
+    assert 3 <= killed_at < 6, proc.stderr.read().decode()[-2000:]
+    run("--resume", out)
+    lines = read_lines(metrics)
+    assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    straight = run("--model", tiny_ckpt, "--out", tmp_path / "s", *TINY, "--steps", "6", "--save-interval", "2",
+                   "--eval-interval", "0", "--lr", "1e-2")
+    for a, b in zip(untimed(lines), untimed(straight)):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == (b[k] if b[k] is None else pytest.approx(b[k], rel=1e-5, abs=1e-6)), k
+
+
+def test_judge_modes_and_gae(tiny_ckpt, scripted, tmp_path):
+    for i, extra in enumerate([["--judge", "frozen", "--kl-coef", "0"], ["--judge", tiny_ckpt],
+                               ["--advantage", "gae", "--judge-samples", "2"]]):
+        lines = run("--model", tiny_ckpt, "--out", tmp_path / str(i), *TINY, "--steps", "1",
+                    "--eval-interval", "0", *extra)
+        assert lines[0]["reward_mean"] == 0.5 and lines[0]["judge_tp"] == 2
+
+
+def test_model_folder_settings_and_copies(tiny_ckpt, tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_ckpt, model)
+    (model / "nano_rlsr.json").write_text(json.dumps({"prompt_style": "compact", "task": "countdown",
+                                                      "train_defaults": {"group_size": 3}}))
+    run("--model", model, "--out", tmp_path / "r", *TINY, "--steps", "1", "--eval-interval", "0",
+        "--group-size", "3")
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["prompt_style"] == "compact" and cfg["group_size"] == 3
+    meta = json.loads((tmp_path / "r" / "ckpt" / "nano_rlsr.json").read_text())
+    assert meta["prompt_style"] == "compact" and meta["task"] == "countdown"
+    sample_line = read_lines(tmp_path / "r" / "samples.jsonl")[0]
+    assert sample_line["problem"]["numbers"]
+    with_defaults = train.parse_config(["--model", str(model), "--out", str(tmp_path / "q")])
+    assert with_defaults.group_size == 3 and with_defaults.lr == 1e-6
+
+
+def fails(capsys, *args):
+    with pytest.raises(SystemExit) as e:
+        train.main([str(a) for a in args])
+    err = capsys.readouterr().err.strip()
+    message = err if err else str(e.value)
+    assert "Traceback" not in message and len(message.splitlines()) <= 3  # argparse: usage + one line
+    return message.splitlines()[-1]
+
+
+def test_bad_input_is_one_clear_line(tiny_ckpt, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert "unknown task" in fails(capsys, "--model", tiny_ckpt, "--task", "sudoku", "--out", tmp_path / "x")
+    assert "config.json" in fails(capsys, "--model", tmp_path / "empty", "--out", tmp_path / "x")
+    assert "no such folder" in fails(capsys, "--model", tmp_path / "nope", "--out", tmp_path / "x")
+    assert "empty problem set" in fails(capsys, "--model", tiny_ckpt, "--prompts-per-step", "0")
+    assert "--group-size" in fails(capsys, "--model", tiny_ckpt, "--group-size", "1")
+    assert "--judge" in fails(capsys, "--model", tiny_ckpt, "--judge", tmp_path / "nope")
+    assert "no config.json" in fails(capsys, "--resume", tmp_path / "empty")
+    assert "invalid choice" in fails(capsys, "--reward", "oracle")
+    run("--model", tiny_ckpt, "--out", tmp_path / "r", *TINY, "--steps", "1", "--eval-interval", "0")
+    assert "already holds a run" in fails(capsys, "--model", tiny_ckpt, "--out", tmp_path / "r")
+    line = fails(capsys, "--resume", tmp_path / "r", "--group-size", "4")
+    assert "--group-size" in line and "resume" in line
+    run("--resume", tmp_path / "r", "--steps", "2", "--group-size", "2")  # unchanged values are fine
+    assert "--stage sft needs --data" in fails(capsys, "--model", tiny_ckpt, "--stage", "sft")
+
+
+def test_default_model_missing_says_how_to_pass_one(tmp_path, capsys, monkeypatch):
+    missing = str(tmp_path / "assets" / "tiny-countdown")
+    monkeypatch.setattr(train, "DEFAULT_MODEL", missing)
+    monkeypatch.setattr(train.TrainConfig, "model", missing)
+    import eval as ev
+    monkeypatch.setattr(ev, "DEFAULT_MODEL", missing)
+    line = fails(capsys, "--out", tmp_path / "x")
+    assert "not built yet" in line and "--model" in line
+
+
+def test_help_lists_every_field_with_its_doc(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    docs = train.field_docs(train.TrainConfig)
+    assert set(docs) == {f.name for f in train.fields(train.TrainConfig)}
+    for name in docs:
+        assert "--" + name.replace("_", "-") in text
+
+
+# -----------------------------------------------------------------------------
+# supervised stage
+
+
+def chat_examples(n, seed=0):
+    import random
+    rng = random.Random(seed)
+    problems = countdown.make_problems(n, seed=seed)
+    return [{"messages": [{"role": "user", "content": countdown.problem_text(p)},
+                          {"role": "assistant", "content": countdown.solution_text(p, rng, "compact")}]}
+            for p in problems]
+
+
+def test_sft_masks_exactly_the_assistant_turns(tiny_ckpt):
+    tok = Tokenizer.from_pretrained(tiny_ckpt)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "nums 3 5 7 target 22"},
+                {"role": "assistant", "content": "<answer>3*5+7</answer>"}, {"role": "user", "content": "sure?"},
+                {"role": "assistant", "content": "yes"}]
+    ids, mask = train.encode_example(tok, messages)
+    assert tok.decode(ids) == tok.chat(messages, add_generation_prompt=False).rstrip("\n")
+    trained = [i for i, m in zip(ids, mask) if m]
+    assert tok.decode(trained) == "<answer>3*5+7</answer><|im_end|>yes<|im_end|>"
+    prompt = tok.encode_chat(messages[:2])  # the generation prompt is a prefix, tokenised the same way
+    assert ids[:len(prompt)] == prompt and not any(mask[:len(prompt)]) and mask[len(prompt)]
+    assert train.encode_example(tok, messages[:2]) is None
+
+
+def test_sft_trains_and_writes_a_model_folder(tiny_ckpt, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in chat_examples(24)))
+    out = tmp_path / "sft"
+    train.main(["--stage", "sft", "--model", tiny_ckpt, "--data", str(data), "--out", str(out), "--epochs", "4",
+                "--batch-size", "8", "--lr", "3e-3", "--warmup", "2", "--log-interval", "3", "--no-progress",
+                "--prompt-style", "compact"])
+    log = read_lines(out / "sft_metrics.jsonl")
+    assert [line["step"] for line in log] == [3, 6, 9, 12]
+    assert log[-1]["loss"] < 0.8 * log[0]["loss"]
+    model = Qwen.from_pretrained(str(out))
+    assert Tokenizer.from_pretrained(str(out)).vocab_size <= model.config.vocab_size
+    assert json.loads((out / "nano_rlsr.json").read_text())["prompt_style"] == "compact"
+
+
+def test_sft_bad_data_is_one_line(tiny_ckpt, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"text": "no messages"}\n')
+    line = fails(capsys, "--stage", "sft", "--model", tiny_ckpt, "--data", bad, "--out", tmp_path / "o")
+    assert line.startswith("error: ") and "bad.jsonl:2" in line
+    only_user = tmp_path / "u.jsonl"
+    only_user.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    assert "no example" in fails(capsys, "--stage", "sft", "--model", tiny_ckpt, "--data", only_user,
+                                 "--out", tmp_path / "o")
+    assert "no such file" in fails(capsys, "--stage", "sft", "--model", tiny_ckpt, "--data", tmp_path / "x.jsonl")
+
+
+def test_cosine_schedule_and_length_buckets():
+    lrs = [train.cosine_lr(s, 100, 1.0, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and lrs[-1] >= 0.1 - 1e-9
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    import random
+    lengths = [random.Random(i).randint(1, 100) for i in range(50)]
+    batches = train.length_batches(lengths, 8, random.Random(0))
+    assert sorted(i for b in batches for i in b) == list(range(50))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 30  # similar lengths together: little padding
