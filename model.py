@@ -424,6 +424,21 @@ CHATML_TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n'
                    "{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
+def chatml(messages: list[dict], add_generation_prompt: bool = True, default_system: str | None = None) -> str:
+    """Qwen's ChatML by hand: `<|im_start|>role\ncontent<|im_end|>\n` per message; Qwen2.5 first adds
+    a default system message when the conversation has none."""
+    out = []
+    if (not messages or messages[0]["role"] != "system") and default_system is not None:
+        out.append(f"<|im_start|>system\n{default_system}<|im_end|>\n")
+    for m in messages:
+        if m["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"unknown chat role {m['role']!r}")
+        out.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
+    if add_generation_prompt:
+        out.append("<|im_start|>assistant\n")
+    return "".join(out)
+
+
 class Tokenizer:
     """`tokenizers.Tokenizer` plus Qwen's special tokens and its ChatML template, rendered by hand."""
 
@@ -515,17 +530,8 @@ class Tokenizer:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """Qwen2.5 ChatML: `<|im_start|>role\\ncontent<|im_end|>\\n` per message."""
-        out = []
-        if (not messages or messages[0]["role"] != "system") and self.default_system is not None:
-            out.append(f"<|im_start|>system\n{self.default_system}<|im_end|>\n")
-        for m in messages:
-            if m["role"] not in ("system", "user", "assistant"):
-                raise ValueError(f"unknown chat role {m['role']!r}")
-            out.append(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n")
-        if add_generation_prompt:
-            out.append("<|im_start|>assistant\n")
-        return "".join(out)
+        """Qwen2.5 ChatML, with this tokenizer's default system prompt when none is given."""
+        return chatml(messages, add_generation_prompt, self.default_system)
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         return self.encode(self.chat(messages, add_generation_prompt))
