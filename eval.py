@@ -23,7 +23,7 @@ import torch
 import sample
 import tasks
 from judge import Judge, agreement, decode_completion, passed
-from model import CheckpointError, Qwen, Tokenizer
+from model import CheckpointError, Qwen, QwenConfig, Tokenizer
 
 # the embedded tiny model (built by the README's bootstrap command); used when no --model is given
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny-countdown")
@@ -50,13 +50,16 @@ def read_meta(path: str) -> dict:
 
 
 def check_model_dir(path: str):
-    """One clear line when a --model folder is missing (the default one: how to get it)."""
-    if os.path.isdir(path):
-        return
-    if os.path.abspath(path) == DEFAULT_MODEL:
-        raise CheckpointError(f"the default model {DEFAULT_MODEL} is not built yet (see the README for the "
-                              f"command that builds it); pass --model DIR with a Qwen checkpoint folder")
-    raise CheckpointError(f"--model {path}: no such folder")
+    """A cheap look before loading: CheckpointError (one line) when `path` is no checkpoint folder
+    (for the default model: that it is not built yet and how to pass another)."""
+    if not os.path.isdir(path):
+        if os.path.abspath(path) == DEFAULT_MODEL:
+            raise CheckpointError(f"the default model {DEFAULT_MODEL} is not built yet (see the README for the "
+                                  f"command that builds it); pass --model DIR with a Qwen checkpoint folder")
+        raise CheckpointError(f"{path}: no such folder")
+    QwenConfig.from_json(os.path.join(path, "config.json"))
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        raise CheckpointError(f"{path}: no tokenizer.json (a checkpoint folder needs its tokenizer)")
 
 
 def load_checkpoint(path: str, device="cpu", dtype=torch.float32):

@@ -126,7 +126,7 @@ def train_rl(cfg: TrainConfig):
     compute_dtype = torch.bfloat16 if cuda else torch.float32
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     os.makedirs(cfg.out, exist_ok=True)
-    ckpt = latest_checkpoint(cfg.out)
+    ckpt = latest_checkpoint(cfg.out) if cfg.resume else None  # None also when killed before the first save
 
     # models: the policy (fp32 master weights), the sampler (the policy, or its bf16 copy on CUDA),
     # the frozen reference (the initial model: KL anchor, and the judge with --judge frozen)
@@ -145,6 +145,9 @@ def train_rl(cfg: TrainConfig):
             judge_style = judge_meta.get("prompt_style", cfg.prompt_style)
         judge = Judge(judge_model, judge_tok, task, samples=cfg.judge_samples, temperature=cfg.judge_temperature,
                       max_new_tokens=cfg.judge_max_new_tokens, style=judge_style)
+    if not cfg.resume:  # written once the models load: --resume reads it, and refuses a changed one
+        with open(os.path.join(cfg.out, "config.json"), "w") as f:
+            json.dump(asdict(cfg), f, indent=2)
     value_head = ValueHead(policy.config.hidden_size).to(device) if cfg.advantage == "gae" else None
     params = list(policy.parameters()) + (list(value_head.parameters()) if value_head else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
@@ -176,7 +179,9 @@ def train_rl(cfg: TrainConfig):
                 "heldout_mean_length": r["mean_length"], "time_eval": time.time() - t0}
 
     if start == 0 and cfg.eval_interval:
-        append_jsonl(metrics_file, {"step": 0, **run_eval(0)})
+        first = run_eval(0)
+        append_jsonl(metrics_file, {"step": 0, **first})
+        print(f"step 0: held-out accuracy {first['heldout_acc']:.3f} ({cfg.eval_n} problems)")
     last_acc = None
     bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, disable=not cfg.progress,
                dynamic_ncols=True, desc=f"rlsr {cfg.task}")
@@ -218,6 +223,7 @@ def train_rl(cfg: TrainConfig):
         if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.steps):
             line.update(run_eval(step))
             last_acc = line["heldout_acc"]
+            bar.write(f"step {step}: held-out accuracy {last_acc:.3f} ({cfg.eval_n} problems)")
         line.update(timer.times(), lr=optimizer.param_groups[0]["lr"])
         append_jsonl(metrics_file, line)
         append_jsonl(samples_file, example_line(step, rows[0], tok))
@@ -226,6 +232,7 @@ def train_rl(cfg: TrainConfig):
         if step % cfg.save_interval == 0 or step == cfg.steps:
             save_checkpoint(cfg, policy, tok, meta, optimizer, value_head, step)
     bar.close()
+    print(f"done: {cfg.steps} steps; metrics in {metrics_file}, model folder in {os.path.join(cfg.out, 'ckpt')}")
     return metrics_file
 
 
@@ -689,13 +696,11 @@ def main(argv=None):
     try:
         if cfg.stage == "sft":
             return train_sft(cfg)
-        if not cfg.resume:
-            os.makedirs(cfg.out, exist_ok=True)
-            with open(os.path.join(cfg.out, "config.json"), "w") as f:
-                json.dump(asdict(cfg), f, indent=2)
         return train_rl(cfg)
     except (CheckpointError, UsageError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"interrupted: python train.py --resume {cfg.out} continues from its last checkpoint")
 
 
 if __name__ == "__main__":
