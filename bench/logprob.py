@@ -1,0 +1,122 @@
+"""Naive vs fused token log-probs: peak extra memory and time, as one JSON line.
+
+    python bench/logprob.py                      # CPU, N=4096 d=896 V=151936 fp32 (Qwen2.5-0.5B's head)
+    python bench/logprob.py --device cuda --dtype bfloat16 --N 16384
+
+Each (variant, mode) runs in its own process: the peak is that process's high-water mark over its
+resident size just before the call (CPU: /proc/self/status VmHWM after resetting it; CUDA:
+max_memory_allocated), so one variant's freed-but-cached memory can't hide in another's figure.
+Modes: "nograd" (forward under torch.no_grad) and "fwdbwd" (forward + backward to hidden and weight).
+Goals (issue 5): fwdbwd extra memory <= 1/10 of naive's at <= 1.3x its time; nograd <= 1/100.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak():
+    """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs); False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def child(args):
+    import torch
+    from ppo import naive_token_logprobs, token_logprobs
+
+    dev, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    fn = naive_token_logprobs if args.variant == "naive" else token_logprobs
+    grad = args.mode == "fwdbwd"
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(args.N, args.d, generator=g).to(dev, dtype).requires_grad_(grad)
+    W = (torch.randn(args.V, args.d, generator=g) * args.d ** -0.5).to(dev, dtype).requires_grad_(grad)
+    t = torch.randint(0, args.V, (args.N,), generator=g).to(dev)
+    w = torch.randn(args.N, generator=g).to(dev)  # weights of the per-token losses
+
+    def run(n):
+        with torch.set_grad_enabled(grad):
+            logp = fn(h[:n], W, t[:n])
+            if grad:
+                (logp * w[:n]).sum().backward()
+        return logp.detach()
+
+    run(min(args.N, 256))  # warm-up: thread pools, kernels compiled, allocator primed
+    h.grad = W.grad = None
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        exact = _reset_peak()
+        base = _status_kb("VmRSS") * 1024
+    t0 = time.perf_counter()
+    logp = run(args.N)
+    sync()
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else _status_kb("VmHWM") * 1024
+    out = dict(extra_mb=round((peak - base) / 2**20, 1), s=round(seconds, 3), logp_sum=float(logp.double().sum()))
+    if dev.type == "cpu" and not exact:
+        out["note"] = "VmHWM not resettable: extra includes earlier peaks"
+    print(json.dumps(out))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--N", type=int, default=4096)
+    p.add_argument("--d", type=int, default=896)
+    p.add_argument("--V", type=int, default=151936)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.variant:
+        return child(args)
+
+    res = {}
+    for mode in ("nograd", "fwdbwd"):
+        for variant in ("naive", "fused"):
+            cmd = [sys.executable, os.path.abspath(__file__), "--variant", variant, "--mode", mode,
+                   "--N", str(args.N), "--d", str(args.d), "--V", str(args.V), "--device", args.device,
+                   "--dtype", args.dtype]
+            # a fixed mmap threshold: freed big blocks go back to the OS, so the warm-up's don't pad RSS
+            env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if out.returncode != 0:
+                sys.exit(f"{variant}/{mode} failed:\n{out.stderr[-2000:]}")
+            res[f"{variant}_{mode}"] = json.loads(out.stdout.strip().splitlines()[-1])
+
+    import torch
+    ratios = {f"{m}_{k}": round(res[f"fused_{m}"][q] / max(res[f"naive_{m}"][q], 1e-9), 4)
+              for m in ("nograd", "fwdbwd") for k, q in (("mem", "extra_mb"), ("time", "s"))}
+    goals = dict(fwdbwd_mem=ratios["fwdbwd_mem"] <= 0.1, fwdbwd_time=ratios["fwdbwd_time"] <= 1.3,
+                 nograd_mem=ratios["nograd_mem"] <= 0.01)
+    agree = all(abs(res[f"fused_{m}"]["logp_sum"] - res[f"naive_{m}"]["logp_sum"])
+                <= 1e-4 * abs(res[f"naive_{m}"]["logp_sum"]) for m in ("nograd", "fwdbwd"))
+    print(json.dumps(dict(bench="logprob", N=args.N, d=args.d, V=args.V, device=args.device, dtype=args.dtype,
+                          threads=torch.get_num_threads(), **res, ratios=ratios, goals_met=goals,
+                          values_agree=agree)))
+
+
+if __name__ == "__main__":
+    main()
