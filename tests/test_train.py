@@ -254,7 +254,7 @@ def test_help_lists_every_field_with_its_doc(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     docs = train.field_docs(train.TrainConfig)
-    assert set(docs) == {f.name for f in train.fields(train.TrainConfig)}
+    assert set(docs) == {f.name for f in train.fields(train.TrainConfig)} and all(d[1] for d in docs.values())
     for name in docs:
         assert "--" + name.replace("_", "-") in text
 
