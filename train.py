@@ -13,7 +13,8 @@ group advantages -> PPO epochs -> one line of OUT/metrics.jsonl. The verifier is
 rollout, but only to measure: rollout accuracy and the judge's TP/FP/TN/FN. Held-out accuracy every
 --eval-interval steps; OUT/ckpt/ (a model folder + trainer_state.pt, replaced atomically) every
 --save-interval steps. Weights, master copy and optimizer state are fp32; on CUDA the forward and
-backward run in bf16 autocast and rollouts come from a bf16 copy refreshed after every update.
+backward run in bf16 autocast and rollouts come from a bf16 copy refreshed after every update
+(--dtype bf16 does the same on CPU).
 
 Reads top to bottom: the config (one dataclass; every field is a flag), the RL loop, its helpers,
 the SFT stage, then the command line.
@@ -24,7 +25,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: 4-60x faster on a busy CPU
 
 import argparse  # noqa: E402  (the line above must run before torch loads OpenMP)
-import copy
 import inspect
 import json
 import math
@@ -64,6 +64,7 @@ class TrainConfig:
     steps: int = 200  # RL steps: one batch of rollouts and one PPO update each
     seed: int = 0  # seed of the problems, the sampling and the update order
     device: str = "auto"  # auto (cuda when available), cpu, cuda, cuda:N
+    dtype: str = "auto"  # compute dtype: bf16 (fp32 master weights and optimizer), fp32; auto: bf16 on CUDA
     prompt_style: str = ""  # prompt style (default: the model folder's nano_rlsr.json, else full)
     # problems and rollouts
     problems: str = "task"  # task: the task's generator; self: the policy proposes them
@@ -108,7 +109,7 @@ class TrainConfig:
     log_interval: int = 50  # sft: optimizer steps per log line
 
 
-CHOICES = dict(stage=("rl", "sft"), problems=("task", "self"), reward=("self", "verifier"),
+CHOICES = dict(dtype=("auto", "bf16", "fp32"), stage=("rl", "sft"), problems=("task", "self"), reward=("self", "verifier"),
                advantage=("group", "gae"))
 # the only fields a --resume may change: how long to run and what to log
 RUN_FIELDS = ("steps", "resume", "out", "eval_interval", "save_interval", "progress")
@@ -125,16 +126,15 @@ class UsageError(Exception):
 def train_rl(cfg: TrainConfig):
     task = tasks.get(cfg.task)
     device = pick_device(cfg.device)
-    cuda = device.type == "cuda"
-    compute_dtype = torch.bfloat16 if cuda else torch.float32
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    mixed, autocast = mixed_precision(cfg, device)
+    compute_dtype = torch.bfloat16 if mixed else torch.float32
     os.makedirs(cfg.out, exist_ok=True)
     ckpt = latest_checkpoint(cfg.out) if cfg.resume else None  # None also when killed before the first save
 
     # models: the policy (fp32 master weights), the sampler (the policy, or its bf16 copy on CUDA),
     # the frozen reference (the initial model: KL anchor, and the judge with --judge frozen)
     policy, tok, meta = load_checkpoint(ckpt or cfg.model, device, torch.float32)
-    sampler = copy.deepcopy(policy).to(compute_dtype) if cuda else policy
+    sampler = Qwen.from_pretrained(ckpt or cfg.model, dtype=compute_dtype, device=device) if mixed else policy
     reference = None
     if cfg.kl_coef > 0 or cfg.judge == "frozen":
         reference = Qwen.from_pretrained(cfg.model, dtype=compute_dtype, device=device).requires_grad_(False)
@@ -208,7 +208,7 @@ def train_rl(cfg: TrainConfig):
                             step, "task", timer)
         rows = [r for g in groups for r in g]
 
-        # 2. advantages and the PPO update (fp32 master weights; bf16 autocast on CUDA)
+        # 2. advantages and the PPO update (fp32 master weights; bf16 autocast with --dtype bf16)
         with timer("update"):
             policy.train()
             batch = ppo_batch(rows, tok.pad_id, device)
@@ -241,6 +241,13 @@ def train_rl(cfg: TrainConfig):
 
 # -----------------------------------------------------------------------------
 # Helpers of the loop: problems, rollouts, rewards, the PPO batch, metrics
+
+
+def mixed_precision(cfg, device):
+    """-> (mixed, autocast context): bf16 compute over fp32 weights (so that small Adam updates do
+    not vanish in bf16 rounding) with --dtype bf16, or auto on CUDA; plain fp32 otherwise."""
+    mixed = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+    return mixed, torch.autocast(device.type, dtype=torch.bfloat16) if mixed else nullcontext()
 
 
 def derive_seed(seed: int, step: int, what: str) -> int:
@@ -451,7 +458,7 @@ def truncate_jsonl(path, last_step):
 
 def train_sft(cfg: TrainConfig):
     device = pick_device(cfg.device)
-    cuda = device.type == "cuda"
+    _, autocast = mixed_precision(cfg, device)
     model, tok, meta = load_checkpoint(cfg.model, device, torch.float32)
     examples = read_chat_jsonl(cfg.data)
     seqs = [s for s in (encode_example(tok, m) for m in examples) if s is not None and len(s[0]) <= cfg.max_len]
@@ -478,7 +485,7 @@ def train_sft(cfg: TrainConfig):
             lr = cosine_lr(step, total, cfg.lr, cfg.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext():
+            with autocast:
                 hidden = model(ids, return_hidden=True)
             on = mask[:, 1:]  # hidden[t] predicts token t+1
             loss = -token_logprobs(hidden[:, :-1][on], model.output_weight, ids[:, 1:][on]).mean()

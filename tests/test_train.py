@@ -116,6 +116,23 @@ def test_two_steps_of_the_loop(tiny_ckpt, scripted, tmp_path, reward, problems):
     assert elapsed < 30
 
 
+def test_bf16_compute_keeps_fp32_master_weights(tiny_ckpt, scripted, tmp_path):
+    """--dtype bf16 (the CUDA default, here on CPU): rollouts from a bf16 copy, bf16 autocast for the
+    update, fp32 master weights and optimizer, so an update far below bf16's resolution still lands."""
+    out = tmp_path / "bf16"
+    lines = run("--model", tiny_ckpt, "--out", out, *TINY, "--dtype", "bf16", "--lr", "1e-6", "--eval-interval", "1")
+    assert lines[-1]["reward_mean"] == 0.5 and lines[-1]["heldout_acc"] is not None
+    assert json.loads((out / "ckpt" / "config.json").read_text())["torch_dtype"] == "float32"
+    state = torch.load(out / "ckpt" / "trainer_state.pt", weights_only=False)["optimizer"]["state"]
+    assert all(s["exp_avg"].dtype == torch.float32 for s in state.values())
+    after, before = weights(str(out / "ckpt")), weights(tiny_ckpt)
+    delta = max(float((after[k] - before[k]).abs().max()) for k in before)
+    assert 0 < delta < 1e-4  # moved by ~lr per step...
+    moved = sum(int((after[k] != before[k]).sum()) for k in before)
+    moved_bf16 = sum(int((after[k].bfloat16() != before[k].bfloat16()).sum()) for k in before)
+    assert moved_bf16 < 0.01 * moved  # ...which bf16 weights could not have held: nearly all round back
+
+
 def test_self_problems_top_up_on_a_random_model(tiny_ckpt, tmp_path):
     """The tiny random model proposes nothing valid: task problems fill the step, which is logged."""
     lines = run("--model", tiny_ckpt, "--out", tmp_path / "r", "--problems", "self", *TINY, "--steps", "1",
@@ -323,3 +340,12 @@ def test_cosine_schedule_and_length_buckets():
     assert sorted(i for b in batches for i in b) == list(range(50))
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert spread < 30  # similar lengths together: little padding
+
+
+def test_sft_bf16_writes_fp32_weights(tiny_ckpt, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in chat_examples(8)))
+    train.main(["--stage", "sft", "--model", tiny_ckpt, "--data", str(data), "--out", str(tmp_path / "o"),
+                "--batch-size", "4", "--warmup", "1", "--dtype", "bf16", "--no-progress"])
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["torch_dtype"] == "float32"
+    assert read_lines(tmp_path / "o" / "sft_metrics.jsonl")[-1]["step"] == 2
