@@ -174,14 +174,22 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" to each flag's help unless the help already says what the default is."""
+
+    def _get_help_string(self, action):
+        return action.help if "default" in action.help else super()._get_help_string(action)
+
+
 def main(argv=None):
     ap = Parser(description="Measure checkpoints: verifier accuracy (mean@k, pass@k), format "
                                              "rate, lengths, and the model's agreement as a judge of its samples.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsHelp)
     ap.add_argument("--task", default="countdown", help="task name (a module in tasks/)")
     ap.add_argument("--model", nargs="+", default=[DEFAULT_MODEL], metavar="DIR",
-                    help="checkpoint folder(s); two or more are compared side by side (default: the embedded tiny model)")
-    ap.add_argument("--samples", type=int, default=1, help="answers sampled per problem (k of mean@k, pass@k)")
+                    help="checkpoint folder(s); two or more are compared side by side "
+                         "(default: the embedded tiny model, assets/tiny-countdown)")
+    ap.add_argument("--samples", type=int, default=1, metavar="K", help="answers sampled per problem (k of mean@k, pass@k)")
     ap.add_argument("--n", type=int, default=100, help="number of held-out problems")
     ap.add_argument("--problems", default="", metavar="FILE.jsonl",
                     help="problems to use, one JSON object a line (default: --n generated test-split problems)")
@@ -192,7 +200,8 @@ def main(argv=None):
     ap.add_argument("--judge-samples", type=int, default=1, help="verdicts per judged answer (0: skip the judge)")
     ap.add_argument("--judge-temperature", type=float, default=1.0, help="judge sampling temperature")
     ap.add_argument("--judge-max-new-tokens", type=int, default=256, help="longest judge output, in tokens")
-    ap.add_argument("--prompt-style", default="", help="prompt style (default: the model folder's nano_rlsr.json, else full)")
+    ap.add_argument("--prompt-style", default="", metavar="STYLE",
+                    help="prompt style (default: the model folder's nano_rlsr.json, else full)")
     ap.add_argument("--batch-size", type=int, default=64, help="prompts per generate call (0: all at once)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     ap.add_argument("--out", default="", metavar="FILE",

@@ -16,6 +16,10 @@ rollout, but only to measure: rollout accuracy and the judge's TP/FP/TN/FN. Held
 backward run in bf16 autocast and rollouts come from a bf16 copy refreshed after every update
 (--dtype bf16 does the same on CPU).
 
+Defaults: the TrainConfig below, then the model folder's nano_rlsr.json ("prompt_style", and
+"train_defaults": {field: value} for settings that suit that model, e.g. the tiny model's --lr),
+then the flags given.
+
 Reads top to bottom: the config (one dataclass; every field is a flag), the RL loop, its helpers,
 the SFT stage, then the command line.
 """
@@ -109,8 +113,8 @@ class TrainConfig:
     log_interval: int = 50  # sft: optimizer steps per log line
 
 
-CHOICES = dict(dtype=("auto", "bf16", "fp32"), stage=("rl", "sft"), problems=("task", "self"), reward=("self", "verifier"),
-               advantage=("group", "gae"))
+CHOICES = dict(stage=("rl", "sft"), dtype=("auto", "bf16", "fp32"), problems=("task", "self"),
+               reward=("self", "verifier"), advantage=("group", "gae"))
 # the only fields a --resume may change: how long to run and what to log
 RUN_FIELDS = ("steps", "resume", "out", "eval_interval", "save_interval", "progress")
 
@@ -615,7 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kw["type"] = type(f.default)
             kw["choices"] = CHOICES.get(f.name)
-            kw["metavar"] = None if f.name in CHOICES else METAVARS.get(f.name, {int: "N", float: "X"}.get(type(f.default), "STR"))
+            kind = {int: "N", float: "X"}.get(type(f.default), "STR")
+            kw["metavar"] = None if f.name in CHOICES else METAVARS.get(f.name, kind)
         groups[section].add_argument("--" + f.name.replace("_", "-"), **kw)
     return parser
 
