@@ -232,6 +232,10 @@ def main(argv=None):
             model, tok, meta = load_checkpoint(path, device, dtype)
         except CheckpointError as e:
             sys.exit(f"error: {e}")
+        limit = model.config.max_position_embeddings
+        if max(args.max_new_tokens, args.judge_max_new_tokens) >= limit:
+            sys.exit(f"error: {path}: the model has only {limit} positions; lower --max-new-tokens "
+                     f"and --judge-max-new-tokens")
         style = args.prompt_style or meta.get("prompt_style", "full")
         judge = None
         if args.judge_samples:

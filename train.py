@@ -138,6 +138,8 @@ def train_rl(cfg: TrainConfig):
     # models: the policy (fp32 master weights), the sampler (the policy, or its bf16 copy on CUDA),
     # the frozen reference (the initial model: KL anchor, and the judge with --judge frozen)
     policy, tok, meta = load_checkpoint(ckpt or cfg.model, device, torch.float32)
+    check_lengths(policy, max_new_tokens=cfg.max_new_tokens, judge_max_new_tokens=cfg.judge_max_new_tokens,
+                  propose_max_new_tokens=cfg.propose_max_new_tokens)
     sampler = Qwen.from_pretrained(ckpt or cfg.model, dtype=compute_dtype, device=device) if mixed else policy
     reference = None
     if cfg.kl_coef > 0 or cfg.judge == "frozen":
@@ -252,6 +254,15 @@ def mixed_precision(cfg, device):
     not vanish in bf16 rounding) with --dtype bf16, or auto on CUDA; plain fp32 otherwise."""
     mixed = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
     return mixed, torch.autocast(device.type, dtype=torch.bfloat16) if mixed else nullcontext()
+
+
+def check_lengths(model, **lengths):
+    """A length flag the model's positions cannot hold is one line here, not an index error later."""
+    limit = model.config.max_position_embeddings
+    for name, n in lengths.items():
+        if n >= limit:
+            raise UsageError(f"--{name.replace('_', '-')} {n}: the model has only {limit} positions "
+                             f"(max_position_embeddings), prompt included")
 
 
 def derive_seed(seed: int, step: int, what: str) -> int:
@@ -464,6 +475,7 @@ def train_sft(cfg: TrainConfig):
     device = pick_device(cfg.device)
     _, autocast = mixed_precision(cfg, device)
     model, tok, meta = load_checkpoint(cfg.model, device, torch.float32)
+    check_lengths(model, max_len=cfg.max_len)
     examples = read_chat_jsonl(cfg.data)
     seqs = [s for s in (encode_example(tok, m) for m in examples) if s is not None and len(s[0]) <= cfg.max_len]
     if not seqs:

@@ -247,6 +247,8 @@ def test_bad_input_is_one_clear_line(tiny_ckpt, tmp_path, capsys):
     assert "--judge" in fails(capsys, "--model", tiny_ckpt, "--judge", tmp_path / "nope")
     assert "no config.json" in fails(capsys, "--resume", tmp_path / "empty")
     assert "invalid choice" in fails(capsys, "--reward", "oracle")
+    assert "positions" in fails(capsys, "--model", tiny_ckpt, "--out", tmp_path / "y", "--max-new-tokens", "5000")
+    assert not (tmp_path / "y" / "config.json").exists()  # nothing that would block a corrected rerun
     run("--model", tiny_ckpt, "--out", tmp_path / "r", *TINY, "--steps", "1", "--eval-interval", "0")
     assert "already holds a run" in fails(capsys, "--model", tiny_ckpt, "--out", tmp_path / "r")
     line = fails(capsys, "--resume", tmp_path / "r", "--group-size", "4")
