@@ -22,6 +22,8 @@ import tasks
 
 
 class Judge:
+    """`model` (with its own `tokenizer`) judging answers to `task` problems, `samples` verdicts each."""
+
     def __init__(self, model, tokenizer, task, samples: int = 1, temperature: float = 1.0,
                  max_new_tokens: int = 256, top_p: float = 1.0, style: str = "full",
                  batch_size: int = 0):
@@ -54,13 +56,8 @@ class Judge:
             for j in range(len(prompts[start:start + chunk])):
                 i = todo[start + j]
                 texts[i] = [decode_completion(tok, out.completion(j * k + s)) for s in range(k)]
-                rewards[i] = sum(verdict(t) for t in texts[i]) / k
+                rewards[i] = sum(tasks.parse_verdict(t) for t in texts[i]) / k  # last tag; none: 0
         return rewards, texts
-
-
-def verdict(text: str) -> int:
-    """1 if the last judge tag of `text` says 1; 0 otherwise (0, or no verdict at all)."""
-    return 1 if tasks.parse_verdict(text) == 1 else 0
 
 
 def decode_completion(tokenizer, ids) -> str:

@@ -7,7 +7,6 @@ Also home of `scripted_generate`, a sample.generate stand-in whose completions t
 import pytest
 import torch
 
-import judge as judge_mod
 import sample
 import tasks
 from judge import Judge, agreement, decode_completion, passed
@@ -150,8 +149,6 @@ def test_decode_completion_drops_only_the_final_stop_token(tiny):
     ids = tok.encode("<answer> 1 </answer>")
     assert decode_completion(tok, ids + [tok.eos_id]) == "<answer> 1 </answer>"
     assert decode_completion(tok, ids) == "<answer> 1 </answer>"
-    assert judge_mod.verdict("x <JUDGE_SCORE>1</JUDGE_SCORE>") == 1
-    assert judge_mod.verdict("x") == 0
 
 
 def test_bad_samples():
