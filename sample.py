@@ -90,10 +90,13 @@ def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature:
         raise ValueError("generate: every prompt needs at least one token")
     if n < 1 or max_new_tokens < 1:
         raise ValueError("generate: n and max_new_tokens must be >= 1")
+    P = max(len(p) for p in prompts)
+    if P + max_new_tokens > model.config.max_position_embeddings:
+        raise ValueError(f"generate: longest prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+                         f"the model's max_position_embeddings ({model.config.max_position_embeddings})")
     device = model.output_weight.device
     B, R = len(prompts), len(prompts) * n
     prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
-    P = max(len(p) for p in prompts)
     generator = None
     if seed is not None and temperature != 0:
         generator = torch.Generator(device=device).manual_seed(seed)

@@ -191,6 +191,8 @@ def test_bad_arguments(ckpt):
         generate(model, [[1, 2], []], max_new_tokens=3)
     with pytest.raises(ValueError):
         generate(model, [[1, 2]], max_new_tokens=0)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        generate(model, [[1, 2]], max_new_tokens=model.config.max_position_embeddings)
 
 
 def test_cli_streams_completion(ckpt, capsys):
