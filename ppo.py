@@ -44,7 +44,7 @@ def naive_token_logprobs(hidden, weight, targets, temperature=1.0, return_entrop
     return logp
 
 
-CHUNK_BYTES = 16 * 2**20          # PyTorch path: one fp32 [tokens, vocab] logits block (~16 MB)
+CHUNK_BYTES = 32 * 2**20          # PyTorch path: one fp32 [tokens, vocab] logits block (~32 MB)
 TRITON_CHUNK_BYTES = 256 * 2**20  # Triton backward: one [tokens, vocab] block of logit gradients
 
 
@@ -61,7 +61,9 @@ def _chunk_sizes(N, V, chunk_bytes):
 
 
 def _torch_forward(h, W, targets, inv_temp, want_entropy, chunk_bytes):
-    """Chunked forward: vocab chunks x token chunks, online logsumexp in (max m, sum s) form.
+    """Chunked forward: each [tokens, vocab] block of logits z gives its row max m, sum exp(z - m)
+    and the target's logit; the blocks are merged at the end (logsumexp over the chunks). Per chunk
+    only big in-place ops run: tiny per-chunk updates cost a thread sync each on CPU.
 
     Returns logp [N], entropy [N] (or None), lse [N], ez [N] = E_p[z] (or None), all fp32.
     """
@@ -69,52 +71,58 @@ def _torch_forward(h, W, targets, inv_temp, want_entropy, chunk_bytes):
     acc = dict(device=h.device, dtype=_acc_dtype(h, W))
     hs = h.to(acc["dtype"])
     hs = hs * inv_temp if inv_temp != 1.0 else hs  # z = hs @ W.T: scale [N, d], not [N, V]
-    m = torch.full((N,), -math.inf, **acc)  # running max of z
-    s = torch.zeros(N, **acc)                # running sum of exp(z - m)
-    a = torch.zeros(N, **acc) if want_entropy else None  # running sum of exp(z - m) * z
-    z_t = torch.zeros(N, **acc)              # the target's logit
     n_tok, n_voc = _chunk_sizes(N, V, chunk_bytes)
+    n_chunks = -(-V // n_voc)
+    m, s, zt = torch.empty(3, n_chunks, N, **acc)  # per vocab chunk: max z, sum exp(z - max), z[target col]
+    a = torch.empty(n_chunks, N, **acc) if want_entropy else None  # sum exp(z - max) * (z - max)
+    t_chunk, t_col = targets // n_voc, targets % n_voc
     buf = torch.empty(n_tok * n_voc, **acc)  # the one logits block, reused (no page faults)
-    for v0 in range(0, V, n_voc):
+    for c, v0 in enumerate(range(0, V, n_voc)):
         w = W[v0:v0 + n_voc].to(acc["dtype"])
         nv = w.shape[0]
+        col = t_col if nv == n_voc else t_col.clamp(max=nv - 1)  # the last chunk may be narrower
         for n0 in range(0, N, n_tok):
             sl = slice(n0, n0 + n_tok)
             z = torch.mm(hs[sl], w.T, out=buf[:hs[sl].shape[0] * nv].view(-1, nv))
-            t = targets[sl] - v0
-            hit = (t >= 0) & (t < nv)
-            z_t[sl] = torch.where(hit, z.gather(1, t.clamp(0, nv - 1)[:, None]).squeeze(1), z_t[sl])
-            m_c = z.amax(1)
-            z.sub_(m_c[:, None])
-            zz = z.clone() if want_entropy else None  # z - m_c, kept for sum p*z
-            z.exp_()
-            s_c = z.sum(1)
-            m_new = torch.maximum(m[sl], m_c)
-            alpha, beta = torch.exp(m[sl] - m_new), torch.exp(m_c - m_new)
-            s[sl] = s[sl] * alpha + s_c * beta
-            if want_entropy:  # sum e^(z-m_c) * z = sum e^(z-m_c) * (z-m_c) + m_c * s_c
-                a_c = zz.mul_(z).sum(1) + m_c * s_c
-                a[sl] = a[sl] * alpha + a_c * beta
-            m[sl] = m_new
-    lse = m + torch.log(s)
+            zt[c, sl] = z.gather(1, col[sl, None]).squeeze(1)  # right only where t_chunk == c
+            torch.amax(z, 1, out=m[c, sl])
+            z.sub_(m[c, sl, None])
+            zz = z.clone() if want_entropy else None
+            torch.sum(z.exp_(), 1, out=s[c, sl])
+            if want_entropy:
+                torch.sum(zz.mul_(z), 1, out=a[c, sl])
+    m_max = m.amax(0)
+    scale = torch.exp(m - m_max)  # [chunks, N]: rescale each chunk's sums to the global max
+    s_tot = (s * scale).sum(0)
+    lse = m_max + torch.log(s_tot)
+    logp = zt.gather(0, t_chunk[None]).squeeze(0) - lse
     if not want_entropy:
-        return z_t - lse, None, lse, None
-    ez = a / s
-    return z_t - lse, lse - ez, lse, ez
+        return logp, None, lse, None
+    ez = ((a + m * s) * scale).sum(0) / s_tot  # E_p[z]: sum exp(z - max) * z = a + max * s per chunk
+    return logp, lse - ez, lse, ez
 
 
 def _torch_backward(h, W, targets, lse, ez, g, g_ent, inv_temp, need_dh, need_dw, chunk_bytes):
-    """Recompute each logits block and form dL/dz = g*onehot - p*(g + g_ent*(z - E[z])), / T.
+    """Recompute each logits block; dL/dz = g * onehot - Q * r with per-row sign r and
 
-    (d entropy / dz_j = -p_j (z_j - E[z]).) Returns dh [N, d], dw [V, d] in fp32 (or None).
+        Q = |g| p                        (r = sign g: g goes into the exponent, exp(z - lse + log|g|))
+        Q = p (g + g_ent (z - E[z]))     (r = 1; d entropy / dz_j = -p_j (z_j - E[z]))
+
+    so a block costs one GEMM, two in-place passes and the two gradient GEMMs; r multiplies the
+    [N, d] side, and the one-hot term is added once at the end. 1/T is folded into g.
+    Returns dh [N, d], dw [V, d] in the accumulation dtype (or None).
     """
     N, V, d = h.shape[0], W.shape[0], h.shape[1]
     acc = dict(device=h.device, dtype=lse.dtype)
     h32 = h.to(acc["dtype"])
     hs = h32 * inv_temp if inv_temp != 1.0 else h32
-    g = (g if g is not None else torch.zeros(N, **acc)).to(acc["dtype"]) * inv_temp  # 1/T of dz/dh folded in
-    ge = g_ent.to(acc["dtype"]) * inv_temp if g_ent is not None else None
-    dh = torch.zeros(N, d, **acc) if need_dh else None
+    g = (g if g is not None else torch.zeros(N, **acc)).to(acc["dtype"]) * inv_temp
+    if g_ent is None:
+        r, shift = torch.sign(g), lse - torch.log(g.abs())  # g == 0: shift = inf, Q = 0
+    else:
+        r, ge = torch.ones_like(g), g_ent.to(acc["dtype"]) * inv_temp
+    h_neg = -r[:, None] * h32
+    dq = torch.zeros(N, d, **acc) if need_dh else None  # sum over the vocab of Q @ W
     n_tok, n_voc = _chunk_sizes(N, V, chunk_bytes)
     single = 0 < N <= n_tok  # one token chunk: each vocab chunk writes its rows of dW once
     dw = (torch.empty if single else torch.zeros)(V, d, **acc) if need_dw else None
@@ -125,21 +133,21 @@ def _torch_backward(h, W, targets, lse, ez, g, g_ent, inv_temp, need_dh, need_dw
         for n0 in range(0, N, n_tok):
             sl = slice(n0, n0 + n_tok)
             z = torch.mm(hs[sl], w.T, out=buf[:hs[sl].shape[0] * nv].view(-1, nv))
-            coef = None
-            if ge is not None:  # g + g_ent * (z - E[z]), per element
+            if g_ent is None:
+                Q = z.sub_(shift[sl, None]).exp_()
+            else:
                 coef = (z - ez[sl, None]).mul_(ge[sl, None]).add_(g[sl, None])
-            G = z.sub_(lse[sl, None]).exp_()  # p, in place
-            G.mul_(-g[sl, None] if coef is None else coef.neg_())
-            t = targets[sl] - v0
-            rows = ((t >= 0) & (t < nv)).nonzero().squeeze(1)
-            G[rows, t[rows]] += g[sl][rows]  # the one-hot term
+                Q = z.sub_(lse[sl, None]).exp_().mul_(coef)
             if need_dh:
-                dh[sl].addmm_(G, w)
+                dq[sl].addmm_(Q, w)
             if need_dw:
                 if single:
-                    torch.mm(G.T, h32[sl], out=dw[v0:v0 + nv])
+                    torch.mm(Q.T, h_neg[sl], out=dw[v0:v0 + nv])
                 else:
-                    dw[v0:v0 + nv].addmm_(G.T, h32[sl])
+                    dw[v0:v0 + nv].addmm_(Q.T, h_neg[sl])
+    dh = g[:, None] * W[targets].to(acc["dtype"]) - r[:, None] * dq if need_dh else None
+    if need_dw:
+        dw.index_add_(0, targets, g[:, None] * h32)
     return dh, dw
 
 
