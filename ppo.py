@@ -62,8 +62,8 @@ def _chunk_sizes(N, V, chunk_bytes):
 
 def _torch_forward(h, W, targets, inv_temp, want_entropy, chunk_bytes):
     """Chunked forward: each [tokens, vocab] block of logits z gives its row max m, sum exp(z - m)
-    and the target's logit; the blocks are merged at the end (logsumexp over the chunks). Per chunk
-    only big in-place ops run: tiny per-chunk updates cost a thread sync each on CPU.
+    and the target's logit. The online logsumexp merges these once at the end rather than after
+    every block: per block only big in-place ops run (each tiny op costs a thread sync on CPU).
 
     Returns logp [N], entropy [N] (or None), lse [N], ez [N] = E_p[z] (or None), all fp32.
     """
