@@ -492,11 +492,15 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts, vocab_size: int) -> "Tokenizer":
-        """A small byte-level BPE trained on `texts`, with Qwen's special tokens (ids 0, 1, 2)."""
+        """A small byte-level BPE trained on `texts`, with Qwen's special tokens (ids 0, 1, 2) and
+        digits split one per token."""
         from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = HFTokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        # one token per digit, as in Qwen's own tokenizer: arithmetic sees the same digits everywhere
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(QWEN_SPECIAL_TOKENS),
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
