@@ -218,9 +218,11 @@ def main(argv=None):
     try:
         task = tasks.get(args.task)
         device = pick_device(args.device)
+        # task knobs the (first) model folder asks for, e.g. the tiny model's smaller numbers
+        difficulty = read_meta(args.model[0]).get("difficulty", {}) if os.path.isdir(args.model[0]) else {}
         problems = read_problems(args.problems) if args.problems else \
-            task.make_problems(args.n, seed=args.seed, split=args.split)
-    except (ValueError, OSError) as e:
+            task.make_problems(args.n, seed=args.seed, split=args.split, **difficulty)
+    except (ValueError, OSError, CheckpointError) as e:
         ap.error(str(e))
     if not problems:
         ap.error("empty problem set: nothing to evaluate")

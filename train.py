@@ -178,7 +178,8 @@ def train_rl(cfg: TrainConfig):
     samples_file = os.path.join(cfg.out, "samples.jsonl")
     for file in (metrics_file, samples_file):  # drop lines of steps after the checkpoint (a killed run)
         truncate_jsonl(file, start)
-    heldout = task.make_problems(cfg.eval_n, seed=cfg.seed, split="test") if cfg.eval_interval else []
+    difficulty = meta.get("difficulty", {})  # task knobs the model folder asks for (the tiny model's)
+    heldout = task.make_problems(cfg.eval_n, seed=cfg.seed, split="test", **difficulty) if cfg.eval_interval else []
 
     def run_eval(step):
         t0 = time.time()
@@ -202,14 +203,14 @@ def train_rl(cfg: TrainConfig):
         groups, source = [], {}
         if cfg.problems == "self":
             with timer("generate"):
-                proposed = propose_problems(cfg, sampler, tok, task, step)
+                proposed = propose_problems(cfg, sampler, tok, task, step, difficulty)
             candidates = score(cfg, task, judge, rollout(cfg, sampler, tok, task, proposed, step, "self", timer),
                                step, "self", timer)
             groups = [g for g in candidates if len({r["reward"] for r in g}) > 1][:cfg.prompts_per_step]
             source = {"proposed_valid": len(proposed), "problems_self": len(groups)}
         if len(groups) < cfg.prompts_per_step:  # task problems (top-up when self-proposed ones were too few)
             problems = task.make_problems(cfg.prompts_per_step - len(groups),
-                                          seed=derive_seed(cfg.seed, step, "problems"), split="train")
+                                          seed=derive_seed(cfg.seed, step, "problems"), split="train", **difficulty)
             groups += score(cfg, task, judge, rollout(cfg, sampler, tok, task, problems, step, "task", timer),
                             step, "task", timer)
         rows = [r for g in groups for r in g]
@@ -270,10 +271,11 @@ def derive_seed(seed: int, step: int, what: str) -> int:
     return zlib.crc32(f"{seed}/{step}/{what}".encode())
 
 
-def propose_problems(cfg, model, tok, task, step) -> list[dict]:
+def propose_problems(cfg, model, tok, task, step, difficulty) -> list[dict]:
     """The policy writes problems: propose_prompt with a few example problems, parse_problem
     validates, duplicates (and copies of the examples) are dropped. No answers, no verifier."""
-    examples = task.make_problems(cfg.propose_examples, seed=derive_seed(cfg.seed, step, "examples"), split="train")
+    examples = task.make_problems(cfg.propose_examples, seed=derive_seed(cfg.seed, step, "examples"), split="train",
+                                  **difficulty)
     prompt = tok.encode_chat(task.propose_prompt(examples, style=cfg.prompt_style))
     out = sample.generate(model, [prompt], n=cfg.propose_n, max_new_tokens=cfg.propose_max_new_tokens,
                           temperature=cfg.temperature, top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id,

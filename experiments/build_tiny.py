@@ -1,0 +1,199 @@
+"""Build the embedded tiny Countdown model from nothing: data -> tokenizer -> SFT -> self-sample SFT.
+
+    python experiments/build_tiny.py                       # writes assets/tiny-countdown
+    python experiments/build_tiny.py --quick --out /tmp/t  # a minute-sized run of the same pipeline
+
+1. Task-generated supervised data (compact prompts): for each training problem a worked solution,
+   and judge examples whose answers are a correct solution and a near miss (right numbers, value a
+   little off; a number twice or missing; a misread number) — the judge first checks the numbers
+   and evaluates the expression, then gives <JUDGE_SCORE>. Some problem-proposal examples too, so
+   `--problems self` works.
+2. A byte-level BPE tokenizer with Qwen's special tokens, trained on that text.
+3. A small Qwen2-architecture model (random init) trained by `train.py --stage sft`'s function.
+4. Round 2: the model solves fresh training problems; its own answers, labelled by the verifier,
+   become judge examples (balanced right/wrong) — the judge must be good on the policy's own
+   mistakes, not only on synthetic ones — plus fresh solutions so solving is not forgotten.
+5. The folder gets nano_rlsr.json (task, prompt style, difficulty, how it was built) and the
+   held-out accuracy and judge agreement measured at the end.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import sample  # noqa: E402
+import tasks  # noqa: E402
+from eval import evaluate  # noqa: E402
+from judge import Judge, decode_completion  # noqa: E402
+from model import Qwen, QwenConfig, Tokenizer, chatml  # noqa: E402
+from train import TrainConfig, train_sft  # noqa: E402
+
+STYLE = "compact"
+# small numbers keep the arithmetic within reach of a few-million-parameter model trained in minutes
+DIFFICULTY = dict(min_count=3, max_count=3, min_number=1, max_number=20, min_target=1, max_target=100)
+
+
+def chat_line(messages, reply):
+    return {"messages": messages + [{"role": "assistant", "content": reply}]}
+
+
+def stage1_examples(task, problems, rng, propose_fraction=0.1):
+    """Solutions, judge examples (one right, one near-miss answer per problem) and proposals."""
+    out = []
+    for p in problems:
+        solutions = [task.solution_text(p, rng, style=STYLE) for _ in range(2)]  # often two different ones
+        out += [chat_line(task.prompt(p, style=STYLE), s) for s in solutions]
+        for answer in (task.extract_answer(rng.choice(solutions)), task.near_miss(p, rng)):
+            out.append(chat_line(task.judge_prompt(p, answer, style=STYLE), task.judge_text(p, answer, style=STYLE)))
+    for _ in range(int(propose_fraction * len(problems))):
+        shown = rng.sample(problems, 3)
+        new = rng.choice(problems)
+        out.append(chat_line(task.propose_prompt(shown, style=STYLE), f"<answer>{task.problem_text(new)}</answer>"))
+    rng.shuffle(out)
+    return out
+
+
+def own_sample_examples(task, model, tok, problems, rng, samples, seed):
+    """Judge examples on the model's own answers (balanced right/wrong) plus fresh solutions."""
+    prompts = [tok.encode_chat(task.prompt(p, style=STYLE)) for p in problems]
+    right, wrong = [], []
+    for start in range(0, len(prompts), 256):
+        ro = sample.generate(model, prompts[start:start + 256], n=samples, max_new_tokens=96, temperature=1.0,
+                             stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=seed + start)
+        for i in range(len(ro.finish_reasons)):
+            p = problems[start + i // samples]
+            answer = task.extract_answer(decode_completion(tok, ro.completion(i)))
+            if answer is None or not answer.strip():
+                continue
+            (right if task.verify(p, answer) else wrong).append((p, answer))
+    rng.shuffle(right)
+    rng.shuffle(wrong)
+    k = min(len(right), len(wrong))
+    judged = right[:k] + wrong[:k]
+    # when one side is scarce, fill it with synthetic examples of that side so the set stays balanced
+    extra = abs(len(right) - len(wrong)) // 2
+    pool = wrong[k:] if len(wrong) > len(right) else right[k:]
+    judged += pool[:extra]
+    for p, _ in pool[:extra]:
+        answer = task.extract_answer(task.solution_text(p, rng, style=STYLE)) if pool is wrong else task.near_miss(p, rng)
+        judged.append((p, answer))
+    out = [chat_line(task.judge_prompt(p, a, style=STYLE), task.judge_text(p, a, style=STYLE)) for p, a in judged]
+    out += [chat_line(task.prompt(p, style=STYLE), task.solution_text(p, rng, style=STYLE)) for p in problems]
+    rng.shuffle(out)
+    return out, {"own_right": len(right), "own_wrong": len(wrong), "judge_examples": len(judged)}
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Build the embedded tiny Countdown model (see the module docstring).")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                  "assets", "tiny-countdown"), help="model folder to write")
+    ap.add_argument("--work", default="", help="scratch folder (default: OUT.work, removed at the end)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--problems", type=int, default=8000, help="stage-1 training problems")
+    ap.add_argument("--round2-problems", type=int, default=3000, help="problems the model solves in round 2")
+    ap.add_argument("--round2-samples", type=int, default=2, help="own samples per round-2 problem")
+    ap.add_argument("--vocab", type=int, default=1024, help="tokenizer vocabulary size")
+    ap.add_argument("--d", type=int, default=256, help="hidden size")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=2, help="stage-1 SFT epochs")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--eval-n", type=int, default=300, help="held-out problems measured at the end")
+    ap.add_argument("--quick", action="store_true", help="a minute-sized budget (tests, smoke runs)")
+    args = ap.parse_args()
+    if args.quick:
+        args.problems, args.round2_problems, args.eval_n, args.d, args.layers, args.epochs = 300, 60, 30, 64, 2, 1
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    task = tasks.get("countdown")
+    work = args.work or args.out.rstrip("/") + ".work"
+    os.makedirs(work, exist_ok=True)
+    t0 = time.time()
+
+    # 1. stage-1 data
+    problems = task.make_problems(args.problems + args.round2_problems, args.seed, split="train", **DIFFICULTY)
+    stage1, round2 = problems[: args.problems], problems[args.problems:]
+    rows = stage1_examples(task, stage1, rng)
+    write_jsonl(os.path.join(work, "sft1.jsonl"), rows)
+    print(f"[{time.time() - t0:.0f}s] stage 1: {len(rows)} examples from {len(stage1)} problems")
+
+    # 2. tokenizer, 3. random init
+    tok = Tokenizer.train((chatml(r["messages"], add_generation_prompt=False) for r in rows), vocab_size=args.vocab)
+    cfg = QwenConfig(model_type="qwen2", vocab_size=tok.vocab_size, hidden_size=args.d,
+                     intermediate_size=int(args.d * 8 / 3) // 16 * 16, num_hidden_layers=args.layers,
+                     num_attention_heads=max(1, args.d // 64), num_key_value_heads=max(1, args.d // 128),
+                     max_position_embeddings=1024, rope_theta=10000.0, tie_word_embeddings=True,
+                     eos_token_id=tok.eos_id, bos_token_id=None)
+    model = Qwen(cfg)
+    init_weights(model)
+    init = os.path.join(work, "init")
+    model.save_pretrained(init)
+    tok.save_pretrained(init)
+    meta = {"task": "countdown", "prompt_style": STYLE, "difficulty": DIFFICULTY}
+    with open(os.path.join(init, "nano_rlsr.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    print(f"[{time.time() - t0:.0f}s] tokenizer {tok.vocab_size} tokens, model {model.num_params() / 1e6:.2f}M parameters")
+
+    # SFT, stage 1
+    sft1 = os.path.join(work, "sft1")
+    train_sft(TrainConfig(stage="sft", model=init, data=os.path.join(work, "sft1.jsonl"), out=sft1,
+                          epochs=args.epochs, lr=args.lr, batch_size=64, warmup=50, seed=args.seed,
+                          device="cpu", max_len=256))
+    print(f"[{time.time() - t0:.0f}s] stage-1 SFT done")
+
+    # 4. round 2 on the model's own samples
+    model = Qwen.from_pretrained(sft1)
+    rows2, own = own_sample_examples(task, model, tok, round2, rng, args.round2_samples, args.seed)
+    write_jsonl(os.path.join(work, "sft2.jsonl"), rows2)
+    print(f"[{time.time() - t0:.0f}s] round 2: {own}")
+    train_sft(TrainConfig(stage="sft", model=sft1, data=os.path.join(work, "sft2.jsonl"), out=args.out,
+                          epochs=1, lr=args.lr / 3, batch_size=64, warmup=20, seed=args.seed + 1,
+                          device="cpu", max_len=256))
+
+    # 5. measure and record
+    model = Qwen.from_pretrained(args.out)
+    test = task.make_problems(args.eval_n, 0, split="test", **DIFFICULTY)
+    judge = Judge(model, tok, task, samples=1, temperature=1.0, max_new_tokens=128, style=STYLE)
+    result = evaluate(model, tok, task, test, samples=1, temperature=1.0, max_new_tokens=96, style=STYLE,
+                      seed=0, judge=judge)
+    greedy = evaluate(model, tok, task, test, samples=1, temperature=0.0, max_new_tokens=96, style=STYLE, seed=0)
+    meta["built_by"] = "python experiments/build_tiny.py " + " ".join(sys.argv[1:])
+    meta["bootstrap"] = {"stage1_examples": len(rows), **own, "seconds": round(time.time() - t0)}
+    meta["heldout"] = {"n": args.eval_n, "accuracy_t1": result["mean@1"], "accuracy_greedy": greedy["mean@1"],
+                       **{k: v for k, v in result.items() if k.startswith("judge_")}}
+    with open(os.path.join(args.out, "nano_rlsr.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    if not args.work:
+        shutil.rmtree(work)
+    print(json.dumps(meta["heldout"]))
+    print(f"[{time.time() - t0:.0f}s] wrote {args.out}")
+
+
+def init_weights(model, std=0.02):
+    """GPT-2 style init: normal(0, 0.02) matrices, residual projections scaled down by depth."""
+    n = model.config.num_hidden_layers
+    for name, p in model.named_parameters():
+        if p.dim() == 1:
+            continue  # norms start at 1, biases at 0
+        scale = (2 * n) ** -0.5 if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
+        torch.nn.init.normal_(p, 0.0, std * scale)
+    for name, p in model.named_parameters():
+        if name.endswith(".bias"):
+            torch.nn.init.zeros_(p)
+
+
+if __name__ == "__main__":
+    main()
