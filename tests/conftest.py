@@ -3,8 +3,11 @@
 import os
 import sys
 
-import pytest
-import torch
+# a busy shared CPU makes spinning OpenMP workers 4-60x slower; waiting threads should sleep
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
