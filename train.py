@@ -242,12 +242,30 @@ def train_rl(cfg: TrainConfig):
         if step % cfg.save_interval == 0 or step == cfg.steps:
             save_checkpoint(cfg, policy, tok, meta, optimizer, value_head, step)
     bar.close()
+    print(run_summary(metrics_file))
     print(f"done: {cfg.steps} steps; metrics in {metrics_file}, model folder in {os.path.join(cfg.out, 'ckpt')}")
     return metrics_file
 
 
 # -----------------------------------------------------------------------------
 # Helpers of the loop: problems, rollouts, rewards, the PPO batch, metrics
+
+
+def run_summary(metrics_file) -> str:
+    """Held-out accuracy first -> last, and the judge against the verifier summed over the run."""
+    with open(metrics_file) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    accs = [(m["step"], m["heldout_acc"]) for m in lines if "heldout_acc" in m]
+    out = []
+    if accs:
+        out.append(f"held-out accuracy {accs[0][1]:.3f} (step {accs[0][0]}) -> {accs[-1][1]:.3f} (step {accs[-1][0]})")
+    n = {k: sum(m.get(f"judge_{k}") or 0 for m in lines) for k in ("tp", "fp", "tn", "fn")}
+    if sum(n.values()):
+        precision = n["tp"] / (n["tp"] + n["fp"]) if n["tp"] + n["fp"] else float("nan")
+        recall = n["tp"] / (n["tp"] + n["fn"]) if n["tp"] + n["fn"] else float("nan")
+        out.append(f"judge vs verifier over the run: TP {n['tp']} FP {n['fp']} TN {n['tn']} FN {n['fn']}, "
+                   f"precision {precision:.3f}, recall {recall:.3f}")
+    return "; ".join(out) or "no held-out eval or judge verdicts in this run"
 
 
 def mixed_precision(cfg, device):

@@ -38,7 +38,9 @@ from train import TrainConfig, train_sft  # noqa: E402
 
 STYLE = "compact"
 # small numbers keep the arithmetic within reach of a few-million-parameter model trained in minutes
-DIFFICULTY = dict(min_count=3, max_count=3, min_number=1, max_number=20, min_target=1, max_target=100)
+# RL settings that suit this model (train.py reads them; flags override): short outputs, a larger lr
+TRAIN_DEFAULTS = dict(lr=1e-4, max_new_tokens=64, judge_max_new_tokens=96, eval_n=200, eval_interval=50, steps=200)
+DIFFICULTY = dict(min_count=3, max_count=3, min_number=1, max_number=25, min_target=1, max_target=100)
 
 
 def chat_line(messages, reply):
@@ -103,14 +105,14 @@ def main():
                                                   "assets", "tiny-countdown"), help="model folder to write")
     ap.add_argument("--work", default="", help="scratch folder (default: OUT.work, removed at the end)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--problems", type=int, default=8000, help="stage-1 training problems")
+    ap.add_argument("--problems", type=int, default=16000, help="stage-1 training problems")
     ap.add_argument("--round2-problems", type=int, default=3000, help="problems the model solves in round 2")
     ap.add_argument("--round2-samples", type=int, default=2, help="own samples per round-2 problem")
-    ap.add_argument("--vocab", type=int, default=1024, help="tokenizer vocabulary size")
-    ap.add_argument("--d", type=int, default=256, help="hidden size")
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--vocab", type=int, default=512, help="tokenizer vocabulary size")
+    ap.add_argument("--d", type=int, default=128, help="hidden size")
+    ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=2, help="stage-1 SFT epochs")
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak SFT lr (2e-3 and up learned arithmetic far worse)")
     ap.add_argument("--eval-n", type=int, default=300, help="held-out problems measured at the end")
     ap.add_argument("--quick", action="store_true", help="a minute-sized budget (tests, smoke runs)")
     args = ap.parse_args()
@@ -142,7 +144,7 @@ def main():
     init = os.path.join(work, "init")
     model.save_pretrained(init)
     tok.save_pretrained(init)
-    meta = {"task": "countdown", "prompt_style": STYLE, "difficulty": DIFFICULTY}
+    meta = {"task": "countdown", "prompt_style": STYLE, "difficulty": DIFFICULTY, "train_defaults": TRAIN_DEFAULTS}
     with open(os.path.join(init, "nano_rlsr.json"), "w") as f:
         json.dump(meta, f, indent=2)
     print(f"[{time.time() - t0:.0f}s] tokenizer {tok.vocab_size} tokens, model {model.num_params() / 1e6:.2f}M parameters")

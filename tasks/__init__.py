@@ -92,3 +92,23 @@ def neutralise(text):
     if not isinstance(text, str):
         text = str(text)
     return _DANGEROUS.sub(LOOKALIKE, text)
+
+
+STYLES = ("full", "compact")  # prompt wordings: for real instruct models, and for the tiny model
+MAX_JUDGED_CHARS = 1000  # a longer answer is cut before the judge sees it: it is wrong anyway
+
+
+def check_style(style):
+    """The style itself, or ValueError naming the known ones."""
+    if style not in STYLES:
+        raise ValueError(f"style must be 'full' or 'compact', got {style!r}")
+    return style
+
+
+def judged_answer(answer):
+    """The answer as the judge prompt shows it: cut to MAX_JUDGED_CHARS, then neutralised."""
+    answer = "" if answer is None else str(answer)
+    if len(answer) > MAX_JUDGED_CHARS:
+        answer = answer[:MAX_JUDGED_CHARS] + " ...(truncated)"
+    return neutralise(answer)
+

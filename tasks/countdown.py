@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from fractions import Fraction
 
-from tasks import extract_answer, neutralise, parse_verdict  # noqa: F401  (part of the task API)
+from tasks import check_style, extract_answer, judged_answer, neutralise, parse_verdict  # noqa: F401
 
 # -----------------------------------------------------------------------------
 # problems
@@ -276,12 +276,6 @@ SOLVER_USER = ("Using the numbers {numbers}, create an equation that equals {tar
                "example <answer> (1 + 2) / 3 </answer>.")
 
 
-def _styled(style):
-    if style not in ("full", "compact"):
-        raise ValueError(f"style must be 'full' or 'compact', got {style!r}")
-    return style
-
-
 def problem_text(problem):
     """The canonical one-line text of a problem, e.g. "nums 3 5 7 target 22"."""
     return "nums " + " ".join(map(str, problem["numbers"])) + f" target {problem['target']}"
@@ -289,7 +283,7 @@ def problem_text(problem):
 
 def prompt(problem, style="full"):
     """Solver messages: TinyZero/RLSR's Countdown prompt ("full") or "nums 3 5 7 target 22"."""
-    if _styled(style) == "compact":
+    if check_style(style) == "compact":
         return [{"role": "user", "content": problem_text(problem)}]
     user = SOLVER_USER.format(numbers=list(problem["numbers"]), target=problem["target"])
     return [{"role": "system", "content": SOLVER_SYSTEM}, {"role": "user", "content": user}]
@@ -302,20 +296,12 @@ JUDGE_USER = ("Numbers: {numbers}. Target: {target}.\nProposed answer: {answer}\
               "exactly {target}. Work it out step by step: list the numbers the answer uses, compute its "
               "value, and compare it with the target. Then output <JUDGE_SCORE>1</JUDGE_SCORE> if the "
               "answer is correct, or <JUDGE_SCORE>0</JUDGE_SCORE> if it is not.")
-MAX_JUDGED_CHARS = 1000  # longer answers are cut: they are wrong anyway and must not drown the prompt
-
-
-def _inserted(answer):
-    answer = "" if answer is None else str(answer)
-    if len(answer) > MAX_JUDGED_CHARS:
-        answer = answer[:MAX_JUDGED_CHARS] + " ...(truncated)"
-    return neutralise(answer)
 
 
 def judge_prompt(problem, answer, style="full"):
     """Judge messages: the problem and the extracted answer only (neutralised), never the reasoning."""
-    answer = _inserted(answer)
-    if _styled(style) == "compact":
+    answer = judged_answer(answer)
+    if check_style(style) == "compact":
         return [{"role": "user", "content": f"check {problem_text(problem)} answer {answer}"}]
     user = JUDGE_USER.format(numbers=list(problem["numbers"]), target=problem["target"], answer=answer)
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
@@ -332,7 +318,7 @@ PROPOSE_USER = ("Here are some Countdown problems. Each gives a list of numbers 
 def propose_prompt(examples, style="full"):
     """Messages asking the model to write a new problem like `examples` (a list of problems)."""
     lines = "\n".join(problem_text(e) for e in examples)
-    if _styled(style) == "compact":
+    if check_style(style) == "compact":
         return [{"role": "user", "content": "propose\n" + lines}]
     counts = [len(e["numbers"]) for e in examples] or [DEFAULTS["min_count"], DEFAULTS["max_count"]]
     nums = [v for e in examples for v in e["numbers"]] or [DEFAULTS["min_number"], DEFAULTS["max_number"]]
@@ -381,7 +367,7 @@ def solution_text(problem, rng, style="compact"):
     if found is None:
         raise ValueError(f"no solution found for {problem_text(problem)}")
     _, expr, _, steps = found
-    if _styled(style) == "compact":
+    if check_style(style) == "compact":
         return "\n".join(steps) + f"\n<answer>{expr}</answer>"
     work = ", ".join(s.replace("=", " = ") for s in steps)
     return f"<think> {work}, which is the target. </think>\n<answer> {expr} </answer>"
@@ -423,7 +409,7 @@ def judge_text(problem, answer, style="compact"):
                 lines += steps + [f"{_fmt(value)}{'=' if ok else '!='}{problem['target']} {'yes' if ok else 'no'}"]
             except ZeroDivisionError as e:
                 lines += e.args[0] + ["division by zero no"]
-    if _styled(style) == "full":
+    if check_style(style) == "full":
         lines = ["Let me check the answer."] + lines
     return "\n".join(lines) + f"\n<JUDGE_SCORE>{verdict}</JUDGE_SCORE>"
 

@@ -33,7 +33,7 @@ import time
 from collections import deque
 from fractions import Fraction
 
-from tasks import extract_answer, neutralise, parse_verdict  # noqa: F401  (part of the task API)
+from tasks import check_style, extract_answer, judged_answer, neutralise, parse_verdict  # noqa: F401
 
 # -----------------------------------------------------------------------------
 # the answer language: tokenise, whitelist, parse (no eval, no sympy)
@@ -1009,13 +1009,6 @@ PROPOSE_USER = ("Here are some indefinite integrals:\n{examples}\nWrite one new 
                 "powers, exp, log, trigonometric and inverse trigonometric functions). Write the integrand in "
                 "sympy syntax with x as the variable. Think first, then give the problem in <answer> </answer> "
                 "tags in exactly this form: <answer>integrate(x*exp(x), x)</answer>")
-MAX_JUDGED_CHARS = 1000  # longer answers are cut: they cannot parse anyway and must not drown the prompt
-
-
-def _styled(style):
-    if style not in ("full", "compact"):
-        raise ValueError(f"style must be 'full' or 'compact', got {style!r}")
-    return style
 
 
 def problem_text(problem):
@@ -1025,23 +1018,16 @@ def problem_text(problem):
 
 def prompt(problem, style="full"):
     """Solver messages: RLSR's integration prompt ("full") or just "integrate(f, x)" ("compact")."""
-    if _styled(style) == "compact":
+    if check_style(style) == "compact":
         return [{"role": "user", "content": problem_text(problem)}]
     return [{"role": "system", "content": SOLVER_SYSTEM},
             {"role": "user", "content": SOLVER_USER.format(problem=problem_text(problem))}]
 
 
-def _inserted(answer):
-    answer = "" if answer is None else str(answer)
-    if len(answer) > MAX_JUDGED_CHARS:
-        answer = answer[:MAX_JUDGED_CHARS] + " ...(truncated)"
-    return neutralise(answer)
-
-
 def judge_prompt(problem, answer, style="full"):
     """Judge messages: the integrand and the extracted answer only (neutralised), never the reasoning."""
-    answer, integrand = _inserted(answer), neutralise(problem["integrand"])
-    if _styled(style) == "compact":
+    answer, integrand = judged_answer(answer), neutralise(problem["integrand"])
+    if check_style(style) == "compact":
         return [{"role": "user", "content": f"check integrate({integrand}, x) answer {answer}"}]
     return [{"role": "system", "content": JUDGE_SYSTEM},
             {"role": "user", "content": JUDGE_USER.format(answer=answer, integrand=integrand)}]
@@ -1050,7 +1036,7 @@ def judge_prompt(problem, answer, style="full"):
 def propose_prompt(examples, style="full"):
     """Messages asking the model to write a new integral like `examples` (a list of problems)."""
     lines = "\n".join(problem_text(e) for e in examples)
-    if _styled(style) == "compact":
+    if check_style(style) == "compact":
         return [{"role": "user", "content": "propose\n" + lines}]
     return [{"role": "system", "content": SOLVER_SYSTEM},
             {"role": "user", "content": PROPOSE_USER.format(examples=lines)}]
@@ -1138,7 +1124,7 @@ def _antiderivative(problem):
 def solution_text(problem, rng, style="compact"):
     """A correct solver response ending in <answer>F</answer> (needs the problem's antiderivative)."""
     F = _antiderivative(problem)
-    if _styled(style) == "compact":
+    if check_style(style) == "compact":
         return f"<answer>{F}</answer>"
     return (f"<think> An antiderivative of {problem['integrand']} is {F}; differentiating it gives back "
             f"{problem['integrand']}. </think>\n<answer> {F} </answer>")
@@ -1161,7 +1147,7 @@ def judge_text(problem, answer, style="compact"):
     else:
         lines += [f"d/dx {answer.strip()} = {derivative}", f"integrand {problem['integrand']}",
                   "same" if verdict else "differs"]
-    if _styled(style) == "full":
+    if check_style(style) == "full":
         lines = ["Let me differentiate the answer and compare it with the integrand."] + lines
     return "\n".join(lines) + f"\n<JUDGE_SCORE>{verdict}</JUDGE_SCORE>"
 

@@ -351,3 +351,13 @@ def test_sft_bf16_writes_fp32_weights(tiny_ckpt, tmp_path):
                 "--batch-size", "4", "--warmup", "1", "--dtype", "bf16", "--no-progress"])
     assert json.loads((tmp_path / "o" / "config.json").read_text())["torch_dtype"] == "float32"
     assert read_lines(tmp_path / "o" / "sft_metrics.jsonl")[-1]["step"] == 2
+
+
+def test_run_summary_sums_the_judge_over_the_run(tmp_path):
+    from train import run_summary
+    f = tmp_path / "metrics.jsonl"
+    lines = [{"step": 0, "heldout_acc": 0.25}, {"step": 1, "judge_tp": 3, "judge_fp": 1, "judge_tn": 4, "judge_fn": 2},
+             {"step": 2, "judge_tp": 1, "judge_fp": 1, "judge_tn": 0, "judge_fn": 0, "heldout_acc": 0.5}]
+    f.write_text("".join(json.dumps(m) + "\n" for m in lines))
+    assert run_summary(str(f)) == ("held-out accuracy 0.250 (step 0) -> 0.500 (step 2); judge vs verifier over the "
+                                   "run: TP 4 FP 2 TN 4 FN 2, precision 0.667, recall 0.667")
