@@ -111,7 +111,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=512, help="tokenizer vocabulary size")
     ap.add_argument("--d", type=int, default=128, help="hidden size")
     ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--epochs", type=int, default=2, help="stage-1 SFT epochs")
+    ap.add_argument("--epochs", type=int, default=4, help="stage-1 SFT epochs")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak SFT lr (2e-3 and up learned arithmetic far worse)")
     ap.add_argument("--eval-n", type=int, default=300, help="held-out problems measured at the end")
     ap.add_argument("--quick", action="store_true", help="a minute-sized budget (tests, smoke runs)")

@@ -24,8 +24,8 @@ def test_shipped_model_solves_imperfectly_and_judges(tmp_path):
     r = evaluate(model, tok, task, problems, samples=1, temperature=0.0, max_new_tokens=64, style="compact",
                  seed=0, judge=judge)
     assert r["format_rate"] > 0.95
-    assert 0.10 <= r["mean@1"] <= 0.40  # README: ~22% greedy on held-out problems
-    assert r["judge_accuracy"] >= 0.6  # README: ~81% agreement, but low recall on correct answers
+    assert 0.15 <= r["mean@1"] <= 0.50  # README: ~33% greedy on held-out problems
+    assert r["judge_accuracy"] >= 0.6 and r["judge_precision"] >= 0.4  # README: 81%, precision 0.69
 
 
 def test_bootstrap_pipeline_runs_end_to_end(tmp_path):
