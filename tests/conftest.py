@@ -42,3 +42,12 @@ def tiny_ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_ckpt")
     make_tiny_checkpoint(path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls gain nothing from threads, and spinning threads crawl on a busy shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -10,13 +10,7 @@ from ppo import (PPOConfig, ValueHead, gae_advantages, group_advantages, naive_t
                  ppo_update, response_logprobs, token_logprobs, value_loss)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These ops are tiny: one thread avoids OpenMP spin-waits on a busy machine (10x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _inputs(N, V, d, dtype=torch.float32, seed=0):
