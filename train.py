@@ -222,7 +222,7 @@ def train_rl(cfg: TrainConfig):
             if mine:
                 r = evaluate(sampler, tok, task, mine, samples=1, temperature=cfg.eval_temperature,
                              max_new_tokens=cfg.max_new_tokens, style=cfg.prompt_style, seed=cfg.seed)
-        parts = [(len(p), p) for p in all_ranks(r) if p]
+        parts = [(n, p) for n, p in all_ranks((len(mine), r)) if n]
         if len(parts) == 1:
             r = parts[0][1]
         else:
