@@ -132,3 +132,17 @@ def test_grad_ckpt_gives_the_same_loss_and_gradients(tiny_ckpt):
     (l0, g0), (l1, g1) = grads
     assert torch.equal(l0, l1)
     assert all(torch.allclose(g0[n], g1[n], rtol=1e-6, atol=1e-7) for n in g0)
+
+
+def test_bf16_cpu_placed_frozen_judge_and_self_problems_under_two_processes(tmp_path):
+    """The other paths in one short run: FSDP mixed precision (fp32 shards, bf16 compute), the frozen
+    judge kept on the CPU (--ref-placement cpu), policy-proposed problems split over the ranks."""
+    out = str(tmp_path / "b")
+    torchrun("--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "32",
+             "--judge-max-new-tokens", "32", "--propose-n", "4", "--propose-max-new-tokens", "24", "--eval-interval", "0",
+             "--dtype", "bf16", "--ref-placement", "cpu", "--judge", "frozen", "--problems", "self", "--no-progress",
+             "--out", out)
+    (line,) = metrics(out)
+    assert line["step"] == 1 and "problems_self" in line and line["judge_judged"] >= 0
+    assert all(v.dtype == torch.float32 for v in weights(out).values())  # the master weights, saved fp32
+    assert torch.load(os.path.join(out, "ckpt", "trainer_state.pt"), weights_only=False)["world_size"] == 2
