@@ -493,6 +493,7 @@ def init_distributed(device) -> tuple[int, int, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.barrier()  # every rank has checked its flags (--out is fresh) before rank 0 writes config.json
     return dist.get_rank(), dist.get_world_size(), device
 
 

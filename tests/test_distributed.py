@@ -139,9 +139,9 @@ def test_bf16_cpu_placed_frozen_judge_and_self_problems_under_two_processes(tmp_
     judge kept on the CPU (--ref-placement cpu), policy-proposed problems split over the ranks."""
     out = str(tmp_path / "b")
     torchrun("--steps", "1", "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "32",
-             "--judge-max-new-tokens", "32", "--propose-n", "4", "--propose-max-new-tokens", "24", "--eval-interval", "0",
-             "--dtype", "bf16", "--ref-placement", "cpu", "--judge", "frozen", "--problems", "self", "--no-progress",
-             "--out", out)
+             "--judge-max-new-tokens", "32", "--propose-n", "4", "--propose-max-new-tokens", "24",
+             "--eval-interval", "0", "--dtype", "bf16", "--ref-placement", "cpu", "--judge", "frozen",
+             "--problems", "self", "--no-progress", "--out", out)
     (line,) = metrics(out)
     assert line["step"] == 1 and "problems_self" in line and line["judge_judged"] >= 0
     assert all(v.dtype == torch.float32 for v in weights(out).values())  # the master weights, saved fp32
