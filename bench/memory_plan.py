@@ -15,16 +15,21 @@ not measured. Bytes per GPU (GiB = 2**30 bytes), P = parameters, n = GPUs (FSDP2
   reference  2P / n    bf16 frozen copy for the KL (--ref-placement shard; cpu: 0 resident, 2P while in use)
   kv_cache   R x (prompt + new) x 2 (k, v) x layers x kv_heads x head_dim x 2 bytes: R rollouts per GPU
              (prompts per rank x G), the static cache sample.generate preallocates
-  act        saved activations of one micro-batch of M rows x (prompt + new) tokens, bf16, per layer and
-             token ~2 x (5d + 2 q_dim + 2 kv_dim + 4 I) bytes (inputs of the norms, projections, SDPA and
-             the MLP); --grad-ckpt layer keeps 2d per layer and token plus one layer's worth
+  act        activations one micro-batch of M rows x (prompt + new) tokens saves for backward, per layer
+             and token 26d + 4 q_dim + 4 kv_dim + 8I + 8 head_dim + 4 heads bytes (+ 6 (q_dim + kv_dim)
+             for Qwen3's q/k norms): the fp32 residual stream and norms, bf16 inputs of each projection,
+             q, k, v, the attention output and its logsumexp, the MLP's three I-wide tensors -- counted
+             from the tensors autograd saves under bf16 autocast (tests/test_memory_plan.py checks it
+             within 3% on Qwen2.5/Qwen3 shapes); --grad-ckpt layer keeps each layer's fp32 input (4d)
+             plus one layer's worth during its recompute
   head       the log-prob pass's lm_head part for the M x new response tokens N: naive 12 N V bytes
              (fp32 logits, their log-softmax and its gradient, [N, V] each); fused (ppo.token_logprobs)
              one 256 MiB block of logit gradients + fp32 dW [V, d] + fp32 dh [N, d]
 
 Peak = max(generation phase: weights + master + grads + adam + reference + kv_cache,
-           update phase: master + grads + adam + reference + act + head + weights on 1 GPU (the
-           sampler copy stays) or one gathered layer under FSDP).
+           update phase: master + grads + adam + reference + act + head + on 1 GPU 4P (the bf16
+           sampler copy, and autocast's bf16 casts of the weights, cached for the whole update) or
+           under FSDP one gathered layer).
 "fits" means peak <= 90% of --gpu-gib (room for the CUDA context, allocator fragmentation and the
 temporaries not modelled here).
 """
@@ -81,10 +86,13 @@ def count_params(cfg: QwenConfig) -> int:
 
 
 def layer_act_bytes(cfg: QwenConfig, tokens: int) -> int:
-    """bf16 activations one decoder layer saves for backward (see the module docstring)."""
-    d, I = cfg.hidden_size, cfg.intermediate_size
-    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    return 2 * tokens * (5 * d + 2 * q + 2 * kv + 4 * I)
+    """Bytes one decoder layer saves for backward under bf16 autocast (see the module docstring)."""
+    d, I, hd, H = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.num_attention_heads
+    q, kv = H * hd, cfg.num_key_value_heads * hd
+    per_token = 26 * d + 4 * q + 4 * kv + 8 * I + 8 * hd + 4 * H
+    if cfg.model_type == "qwen3":  # q_norm / k_norm: fp32 inputs and their outputs
+        per_token += 6 * (q + kv)
+    return tokens * per_token
 
 
 def plan(cfg: QwenConfig, gpus: int, rollouts: int, prompt_len: int, new_tokens: int, micro_batch: int,
@@ -98,12 +106,12 @@ def plan(cfg: QwenConfig, gpus: int, rollouts: int, prompt_len: int, new_tokens:
              reference=2 * P / n if ref else 0,
              kv_cache=rollouts * T * 2 * L * cfg.num_key_value_heads * cfg.head_dim * 2)
     if grad_ckpt:
-        b["act"] = L * 2 * tokens * d + layer_act_bytes(cfg, tokens)
+        b["act"] = L * 4 * tokens * d + layer_act_bytes(cfg, tokens)
     else:
         b["act"] = L * layer_act_bytes(cfg, tokens)
     b["head"] = TRITON_CHUNK_BYTES + 4 * V * d + 4 * N * d if fused else 12 * N * V
     states = b["master"] + b["grads"] + b["adam"] + b["reference"]
-    gathered = b["weights"] if n == 1 else b["weights"] / L  # one process: the sampler copy; FSDP: one layer
+    gathered = 2 * b["weights"] if n == 1 else b["weights"] / L  # 1 GPU: sampler + autocast casts; FSDP: a layer
     b["peak_generate"] = states + b["weights"] + b["kv_cache"]
     b["peak_update"] = states + gathered + b["act"] + b["head"]
     b["peak"] = max(b["peak_generate"], b["peak_update"])

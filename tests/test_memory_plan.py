@@ -44,3 +44,32 @@ def test_one_json_line_and_the_table(capsys):
     assert out[0].startswith("| model | GPUs |") and len([s for s in out if s.startswith("| Qwen")]) == 16
     seven = {r["gpus"]: r for r in rows if r["model"] == "Qwen2.5-7B"}
     assert not seven[1]["fits"]["fused_ckpt"] and seven[8]["fits"]["fused_ckpt"]  # 7B: 8 GPUs, not 1
+
+
+def test_activation_bytes_match_what_autograd_saves():
+    """One decoder layer's saved tensors under bf16 autocast (2 layers minus 1, the bf16 casts of the
+    weights left out) against the plan's per-layer formula, on real widths with a small vocabulary."""
+
+    def saved_bytes(cfg):
+        model = Qwen(cfg)
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        seen = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params:
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        ids = torch.randint(0, cfg.vocab_size, (2, 128), generator=torch.Generator().manual_seed(0))
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(ids, return_hidden=True)
+        return sum(seen.values())
+
+    for name in ("Qwen2.5-0.5B", "Qwen3-0.6B"):
+        over = {**memory_plan.MODELS[name], "vocab_size": 512}
+        one, two = (memory_plan.QwenConfig(**{**over, "num_hidden_layers": n}) for n in (1, 2))
+        with torch.device("meta"):
+            casts = 2 * sum(p.numel() for p in Qwen(one).model.layers[0].parameters() if p.dim() == 2)
+        measured = saved_bytes(two) - saved_bytes(one) - casts
+        planned = memory_plan.layer_act_bytes(one, 2 * 128)
+        assert abs(measured / planned - 1) < 0.03, (name, measured, planned)
