@@ -46,7 +46,7 @@ import shutil
 import sys
 import time
 import zlib
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, redirect_stderr
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -961,13 +961,23 @@ def validate(cfg: TrainConfig, fresh: bool) -> str | None:
 
 
 def main(argv=None):
-    cfg = parse_config(argv)
+    other_rank = int(os.environ.get("RANK", "0")) > 0  # under torchrun rank 0 alone reports bad flags
+    try:
+        with open(os.devnull, "w") as devnull, redirect_stderr(devnull) if other_rank else nullcontext():
+            cfg = parse_config(argv)
+    except SystemExit:
+        if other_rank:  # torchrun stops all ranks at the first exit: let rank 0 print its line first
+            time.sleep(3)
+        raise
     try:
         if cfg.stage == "sft":
             return train_sft(cfg)
         return train_rl(cfg)
     except (CheckpointError, UsageError) as e:
-        sys.exit(f"error: {e}" if is_main() else 1)  # one line, not one per rank
+        if not is_main():  # one line, from rank 0 (as above)
+            time.sleep(3)
+            sys.exit(1)
+        sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"interrupted: python train.py --resume {cfg.out} continues from its last checkpoint")
     finally:
