@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sample  # noqa: E402
 import tasks  # noqa: E402
-from eval import evaluate  # noqa: E402
+from eval import evaluate, read_meta  # noqa: E402
 from judge import Judge, decode_completion  # noqa: E402
 from model import Qwen, QwenConfig, Tokenizer, chatml  # noqa: E402
 from train import TrainConfig, train_sft  # noqa: E402
@@ -41,9 +41,10 @@ from train import TrainConfig, train_sft  # noqa: E402
 STYLE = "compact"
 # small numbers keep the arithmetic within reach of a few-million-parameter model trained in minutes
 # RL settings that suit this model (train.py reads them; flags override): short outputs, a larger lr
-# greedy judging: at T=1 this judge's recall on its own samples was 0.46, greedy 0.71 (same precision)
-TRAIN_DEFAULTS = dict(lr=1e-4, max_new_tokens=64, judge_max_new_tokens=96, judge_temperature=0.0, eval_n=200,
-                      eval_interval=50, steps=200)
+# greedy judging: at T=1 this judge's recall on its own samples was 0.46, greedy 0.71 (same precision);
+# kl_coef 0.1: with 0.001 the live judge's recall fell 0.53 -> 0.30 within 100 steps (its arithmetic drifted)
+TRAIN_DEFAULTS = dict(lr=1e-4, max_new_tokens=64, judge_max_new_tokens=96, judge_temperature=0.0, kl_coef=0.1,
+                      eval_n=200, eval_interval=50, steps=200)
 DIFFICULTY = dict(min_count=3, max_count=3, min_number=1, max_number=25, min_target=1, max_target=100)
 
 
@@ -110,8 +111,8 @@ def main():
     ap.add_argument("--work", default="", help="scratch folder (default: OUT.work, removed at the end)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--problems", type=int, default=16000, help="stage-1 training problems")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of judge training on the model's own samples")
-    ap.add_argument("--round-problems", type=int, default=4000, help="problems the model solves in each round")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of judge training on the model's own samples")
+    ap.add_argument("--round-problems", type=int, default=3000, help="problems the model solves in each round")
     ap.add_argument("--round-samples", type=int, default=2, help="own samples per problem in each round")
     ap.add_argument("--vocab", type=int, default=512, help="tokenizer vocabulary size")
     ap.add_argument("--d", type=int, default=128, help="hidden size")
@@ -119,8 +120,13 @@ def main():
     ap.add_argument("--epochs", type=int, default=4, help="stage-1 SFT epochs")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak SFT lr (2e-3 and up learned arithmetic far worse)")
     ap.add_argument("--eval-n", type=int, default=300, help="held-out problems measured at the end")
+    ap.add_argument("--continue-from", default="", metavar="DIR",
+                    help="skip stage 1 and the first --done-rounds rounds: continue from this model folder")
+    ap.add_argument("--done-rounds", type=int, default=1, help="with --continue-from: rounds DIR already had")
     ap.add_argument("--quick", action="store_true", help="a minute-sized budget (tests, smoke runs)")
     args = ap.parse_args()
+    if args.continue_from and not os.path.exists(os.path.join(args.continue_from, "nano_rlsr.json")):
+        ap.error(f"--continue-from {args.continue_from}: no nano_rlsr.json there (not a build_tiny.py model)")
     if args.quick:
         args.problems, args.round_problems, args.eval_n, args.d, args.layers, args.epochs = 300, 60, 30, 64, 2, 1
     torch.manual_seed(args.seed)
@@ -130,9 +136,15 @@ def main():
     os.makedirs(work, exist_ok=True)
     t0 = time.time()
 
+    # a prefix-stable list: stage 1's problems, then round 2's (later rounds re-draw from all of them:
+    # 3 numbers in 1..25 with targets <= 100 leave only ~20k distinct training problems)
+    problems = task.make_problems(args.problems + args.round_problems, args.seed, split="train", **DIFFICULTY)
+    if args.continue_from:
+        build_rounds(args, task, problems, rng, work, t0, args.continue_from,
+                     Tokenizer.from_pretrained(args.continue_from), read_meta(args.continue_from))
+        return
+
     # 1. stage-1 data
-    problems = task.make_problems(args.problems + args.rounds * args.round_problems, args.seed, split="train",
-                                  **DIFFICULTY)
     stage1 = problems[: args.problems]
     rows = stage1_examples(task, stage1, rng)
     write_jsonl(os.path.join(work, "sft1.jsonl"), rows)
@@ -161,14 +173,22 @@ def main():
                           epochs=args.epochs, lr=args.lr, batch_size=64, warmup=50, seed=args.seed,
                           device="cpu", max_len=256))
     print(f"[{time.time() - t0:.0f}s] stage-1 SFT done")
+    meta["bootstrap"] = {"stage1_examples": len(rows)}
+    build_rounds(args, task, problems, rng, work, t0, sft1, tok, meta)
 
-    # 4. rounds on the model's own samples, each from the previous round's model
-    prev, own_stats = sft1, []
-    for r in range(args.rounds):
-        start = args.problems + r * args.round_problems
+
+def build_rounds(args, task, problems, rng, work, t0, prev, tok, meta):
+    """4. Rounds on the model's own samples, each from the previous round's model; 5. measure, record."""
+    first = args.done_rounds if args.continue_from else 0
+    own_stats = list(meta.get("bootstrap", {}).get("rounds", []))[:first]
+    for r in range(first, args.rounds):
         model = Qwen.from_pretrained(prev)
-        rows2, own = own_sample_examples(task, model, tok, problems[start:start + args.round_problems], rng,
-                                         args.round_samples, args.seed + 1000 * (r + 1))
+        if r == 0:
+            round_rng, mine = rng, problems[args.problems:]
+        else:  # its own rng, so --continue-from gives the same round
+            round_rng = random.Random(args.seed * 7919 + r)
+            mine = round_rng.sample(problems, args.round_problems)
+        rows2, own = own_sample_examples(task, model, tok, mine, round_rng, args.round_samples, args.seed + 1000 * r)
         own_stats.append(own)
         data = os.path.join(work, f"sft{r + 2}.jsonl")
         write_jsonl(data, rows2)
@@ -177,8 +197,8 @@ def main():
         train_sft(TrainConfig(stage="sft", model=prev, data=data, out=dest, epochs=1, lr=args.lr / 3,
                               batch_size=64, warmup=20, seed=args.seed + 1 + r, device="cpu", max_len=256))
         prev = dest
-    if args.rounds == 0:
-        shutil.copytree(sft1, args.out, dirs_exist_ok=True)
+    if args.rounds <= first:
+        shutil.copytree(prev, args.out, dirs_exist_ok=True)
 
     # 5. measure and record
     model = Qwen.from_pretrained(args.out)
@@ -188,7 +208,9 @@ def main():
                       seed=0, judge=judge)
     greedy = evaluate(model, tok, task, test, samples=1, temperature=0.0, max_new_tokens=96, style=STYLE, seed=0)
     meta["built_by"] = "python experiments/build_tiny.py " + " ".join(sys.argv[1:])
-    meta["bootstrap"] = {"stage1_examples": len(rows), "rounds": own_stats, "seconds": round(time.time() - t0)}
+    seconds = round(time.time() - t0) + (meta.get("bootstrap", {}).get("seconds", 0) if args.continue_from else 0)
+    meta["bootstrap"] = {**meta.get("bootstrap", {}), "rounds": own_stats, "seconds": seconds}
+    meta["train_defaults"] = TRAIN_DEFAULTS
     meta["heldout"] = {"n": args.eval_n, "accuracy_t1": result["mean@1"], "accuracy_greedy": greedy["mean@1"],
                        **{k: v for k, v in result.items() if k.startswith("judge_")}}
     with open(os.path.join(args.out, "nano_rlsr.json"), "w") as f:

@@ -202,8 +202,9 @@ def plot(runs, path) -> bool:
     ax1.set(xlabel="RL step", ylabel="held-out accuracy (%, greedy)", title="Countdown, tiny model (mean, min-max band)")
     ax2.set(xlabel="RL step", ylabel="vs the verifier", ylim=(0, 1),
             title="judge on the policy's own samples (per eval window)")
-    ax1.legend(fontsize=8)
-    ax2.legend(fontsize=8)
+    for ax in (ax1, ax2):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     ax1.grid(alpha=0.3)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
