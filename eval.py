@@ -161,12 +161,13 @@ def self_correct_metrics(first_correct, final_correct, first_verdicts=None) -> d
     return out
 
 
-def sample_texts(model, tokenizer, prompts, max_new_tokens, temperature, seed, batch_size=0):
-    """One completion per prompt (token-id lists) -> (texts without the stop token, generated lengths)."""
+def sample_texts(model, tokenizer, prompts, max_new_tokens, temperature, seed, batch_size=0, n=1):
+    """n completions per prompt (token-id lists) -> (texts without the stop token, generated lengths),
+    len(prompts) * n each, row i from prompt i // n."""
     texts, lengths = [], []
     chunk = batch_size or len(prompts)
     for start in range(0, len(prompts), chunk):
-        out = sample.generate(model, prompts[start:start + chunk], n=1, max_new_tokens=max_new_tokens,
+        out = sample.generate(model, prompts[start:start + chunk], n=n, max_new_tokens=max_new_tokens,
                               temperature=temperature, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
                               seed=seed + start)
         for i in range(len(out.finish_reasons)):

@@ -3,6 +3,7 @@ unterminated text), the paper's metrics on hand-made cases, eval --self-correct 
 the srdata builder on a stub model, and the RL loop's trajectory rows."""
 
 import json
+import re
 
 import pytest
 
@@ -153,3 +154,62 @@ def test_eval_self_correct_on_scripted_trajectories(tiny_ckpt, monkeypatch, tmp_
     assert saved["self_correct"] and saved["results"][0]["final_acc"] == 0.5
     with pytest.raises(SystemExit):
         ev.main(["--model", tiny_ckpt, "--intrinsic"])  # a --self-correct baseline only
+
+
+# -----------------------------------------------------------------------------
+# the srdata builder on a stub model
+
+
+def stub(prompt, s):
+    """Solver: no right answer when target % 3 == 0, else samples 0-1 right and 2-3 wrong. Judge: fails
+    every wrong answer and the right ones of odd targets (its mistake), with its own check text."""
+    m = re.search(r"nums ([\d ]+) target (\d+)", prompt)
+    numbers, target = [int(x) for x in m.group(1).split()], int(m.group(2))
+    problem = {"numbers": numbers, "target": target}
+    if prompt.rstrip().split("<|im_start|>user\n", 1)[1].startswith("check"):
+        answer = prompt.split(" answer ", 1)[1].split("<|im_end|>", 1)[0]
+        verdict = int(countdown.verify(problem, answer) and target % 2 == 0)
+        return f"my check of {answer}\n<JUDGE_SCORE>{verdict}</JUDGE_SCORE>"
+    if target % 3 and s < 2:
+        return f"mine\n<answer>{countdown.solve(numbers, target)}</answer>"
+    return f"mine\n<answer>{'+'.join(map(str, numbers))}+1</answer> trailing"
+
+
+def test_srdata_builds_each_kind_with_correct_labels(tiny_ckpt, monkeypatch, tmp_path):
+    import train
+
+    tok = Tokenizer.from_pretrained(tiny_ckpt)
+    monkeypatch.setattr(sample, "generate", scripted_generate(tok, stub))
+    out = tmp_path / "sr"
+    train.main(["--stage", "srdata", "--model", tiny_ckpt, "--out", str(out), "--sr-problems", "24",
+                "--sr-samples", "4", "--sr-robust", "1", "--prompt-style", "compact", "--max-new-tokens", "16",
+                "--judge-max-new-tokens", "16", "--no-progress"])
+    rows = [json.loads(line) for line in (out / "srdata.jsonl").read_text().splitlines()]
+    stats = json.loads((out / "stats.json").read_text())
+    kinds = {"wrong_right": 0, "right": 0, "right_wrong_right": 0}
+    first_right = 0
+    for row in rows:
+        user, reply = row["messages"][0]["content"], row["messages"][1]["content"]
+        assert user.endswith(" verify") and row["messages"][1]["role"] == "assistant"
+        m = re.search(r"nums ([\d ]+) target (\d+)", user)
+        problem = {"numbers": [int(x) for x in m.group(1).split()], "target": int(m.group(2))}
+        t = parse_trajectory(reply)
+        assert t.terminated and t.end == len(reply) and "trailing" not in reply  # attempts end at </answer>
+        assert countdown.verify(problem, t.final)  # every trajectory ends in a right answer, verified correct
+        ok = countdown.verify(problem, t.first)
+        first_right += ok
+        if [v for _, v in t.turns] == ["correct"]:
+            kinds["right"] += 1
+            assert ok and f"my check of {t.first}" in reply  # the judge agreed: its own check is kept
+        else:
+            assert [v for _, v in t.turns] == ["wrong", "correct"]
+            kinds["right_wrong_right" if ok else "wrong_right"] += 1
+            if ok:  # robustness: the policy's own (mistaken) failing check, then a right answer again
+                assert problem["target"] % 2 and reply.index(f"my check of {t.first}") < reply.index("[VERIFY] wrong")
+            if problem["target"] % 3 == 0:  # no own right answer for it: the task's solution corrects
+                assert not reply.split("[VERIFY] wrong", 1)[1].lstrip().startswith("mine")
+    assert kinds == stats["kinds"] and all(kinds.values())
+    assert first_right == len(rows) - first_right  # balanced between right and wrong first attempts
+    assert stats["solution_corrections"] > 0 and stats["own_corrections"] > 0
+    # own checks where the judge was right; the task's where it failed a right correction (odd targets)
+    assert stats["own_checks"] > 0 and stats["task_checks"] > 0
