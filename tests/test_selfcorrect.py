@@ -213,3 +213,46 @@ def test_srdata_builds_each_kind_with_correct_labels(tiny_ckpt, monkeypatch, tmp
     assert stats["solution_corrections"] > 0 and stats["own_corrections"] > 0
     # own checks where the judge was right; the task's where it failed a right correction (odd targets)
     assert stats["own_checks"] > 0 and stats["task_checks"] > 0
+
+
+# -----------------------------------------------------------------------------
+# the RL loop with --self-correct
+
+
+def rl_script(prompt, s):
+    """Even samples: wrong -> [VERIFY] wrong -> right -> [VERIFY] correct, then text past the stop;
+    odd samples: right -> [VERIFY] wrong -> wrong -> wrong -> right (the limit of 2 corrections cuts it)."""
+    m = re.search(r"nums ([\d ]+) target (\d+)", prompt)
+    numbers, target = [int(x) for x in m.group(1).split()], int(m.group(2))
+    right, wrong = countdown.solve(numbers, target), "+".join(map(str, numbers)) + "+1"
+    if s % 2 == 0:
+        return (f"<answer>{wrong}</answer>\n[VERIFY] wrong\n<answer>{right}</answer>\n[VERIFY] correct\n"
+                f"EXTRA <answer>{wrong}</answer>")
+    return "\n[VERIFY] wrong\n".join(f"<answer>{a}</answer>" for a in (right, wrong, wrong, right))
+
+
+def test_rl_rewards_the_final_answer_and_logs_turn_one(tiny_ckpt, monkeypatch, tmp_path):
+    import train
+
+    tok = Tokenizer.from_pretrained(tiny_ckpt)
+    monkeypatch.setattr(sample, "generate", scripted_generate(tok, rl_script))
+    batches = []
+    real_batch = train.ppo_batch
+    monkeypatch.setattr(train, "ppo_batch", lambda rows, *a: batches.append(rows) or real_batch(rows, *a))
+    out = tmp_path / "rl"
+    train.main(["--model", tiny_ckpt, "--out", str(out), "--self-correct", "--reward", "verifier",
+                "--prompt-style", "compact", "--steps", "2", "--prompts-per-step", "2", "--group-size", "2",
+                "--max-new-tokens", "64", "--eval-interval", "2", "--eval-n", "2", "--lr", "1e-3", "--no-progress"])
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for line in lines[1:]:
+        assert line["reward_mean"] == line["rollout_acc"] == line["sc_final_acc"] == 0.5  # the final answer only
+        assert line["sc_turn1_acc"] == 0.5 and line["sc_delta_i2c"] == 0.5 and line["sc_delta_c2i"] == 0.5
+        assert line["sc_verify_acc_correct"] == 0.0 and line["sc_verify_acc_wrong"] == 1.0
+        assert line["sc_mean_attempts"] == 2.5
+    # held-out: one (even) trajectory per problem, wrong then corrected
+    assert lines[0]["heldout_turn1_acc"] == 0.0 and lines[0]["heldout_acc"] == lines[0]["heldout_delta_i2c"] == 1.0
+    for rows in batches:
+        for r in rows:  # the PPO batch holds the kept tokens only: nothing past the cut gets a loss
+            decoded = tok.decode(r["completion"])
+            assert decoded.startswith(r["text"]) and "EXTRA" not in decoded and len(r["logp"]) == len(r["completion"])
+            assert r["text"].endswith("[VERIFY] correct" if r["reward"] else "[VERIFY] wrong")
