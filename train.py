@@ -117,7 +117,7 @@ class TrainConfig:
     sr_problems: int = 2000  # srdata: training problems the policy answers
     sr_samples: int = 4  # srdata: own answers sampled per problem (first attempts and corrections)
     sr_robust: float = 0.1  # srdata: share of right first answers given the right -> [VERIFY] wrong -> right kind
-    sr_checks: str = "own"  # srdata: the check before a verdict: own (the policy's judge text if right) or task
+    sr_checks: str = "task"  # srdata: the check before a verdict: task (worked check) or own (policy's, if right)
 
 
 CHOICES = dict(stage=("rl", "sft", "srdata"), dtype=("auto", "bf16", "fp32"), problems=("task", "self"),
@@ -683,9 +683,11 @@ def build_srdata(cfg: TrainConfig):
       right -> [VERIFY] wrong -> right (robustness: a share --sr-robust of the right ones are candidates,
       kept where the policy's own judge wrongly failed the answer, so that a mistaken verdict is
       followed by a right answer again, not by a wrong one).
-    The checks before each verdict are the policy's own judge texts, kept when their verdict agrees
-    with the verifier (rejection sampling), else the task's worked check (--sr-checks task: always the
-    task's; the robustness kind still needs the policy's failing verdict); corrections are the policy's
+    The check before each verdict is the task's worked check (--sr-checks task, the default: the tiny
+    model's own checks often reach the right verdict through wrong arithmetic, "40=20 yes"), or with
+    --sr-checks own the policy's own judge text, kept when its verdict agrees with the verifier
+    (rejection sampling), else the task's; the robustness kind always shows the policy's own failing
+    check, since its own mistake is what it is about. Corrections are the policy's
     own right answers to the same problem, else the task's solution. stats.json counts each fallback.
     """
     task = tasks.get(cfg.task)

@@ -53,7 +53,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sr-problems", type=int, default=1000, help="stage-1 data: training problems")
     ap.add_argument("--sr-samples", type=int, default=8, help="stage-1 data: own answers per problem")
-    ap.add_argument("--sft-epochs", type=int, default=2, help="stage-1 SFT epochs")
+    ap.add_argument("--sr-checks", default="task", choices=["task", "own"], help="stage-1 data: checks (see train.py)")
+    ap.add_argument("--sft-epochs", type=int, default=5, help="stage-1 SFT epochs (2 were too few to learn the verdicts)")
     ap.add_argument("--sft-lr", type=float, default=1e-3, help="stage-1 SFT peak lr (2e-3+ was far worse here)")
     ap.add_argument("--rl-steps", type=int, default=60, help="stage-2 PPO steps (0: skip stage 2)")
     ap.add_argument("--rl-lr", type=float, default=1e-4, help="stage-2 lr (the tiny model's RL default)")
@@ -77,7 +78,8 @@ def main():
     # 1. stage-1 data from the model's own samples, 2. SFT on it
     srdata = os.path.join(args.out, "srdata")
     data = build_srdata(TrainConfig(**common, stage="srdata", out=srdata, sr_problems=args.sr_problems,
-                                    sr_samples=args.sr_samples, max_new_tokens=64, judge_max_new_tokens=96))
+                                    sr_samples=args.sr_samples, sr_checks=args.sr_checks, max_new_tokens=64,
+                                    judge_max_new_tokens=96))
     print(f"[{time.time() - t0:.0f}s] stage-1 data")
     stage1 = os.path.join(args.out, "stage1")
     train_sft(TrainConfig(**{**common, "model": args.model}, stage="sft", data=data, out=stage1,
@@ -89,7 +91,7 @@ def main():
     if args.rl_steps:
         train_rl(TrainConfig(**{**common, "model": stage1}, stage="rl", out=stage2, self_correct=True,
                              reward="verifier", steps=args.rl_steps, lr=args.rl_lr, max_new_tokens=args.max_new_tokens,
-                             eval_interval=max(1, args.rl_steps // 3), eval_n=100, save_interval=args.rl_steps))
+                             eval_interval=max(1, args.rl_steps // 2), eval_n=100, save_interval=args.rl_steps))
         print(f"[{time.time() - t0:.0f}s] stage 2 (RL) done")
 
     # 4. the table

@@ -183,7 +183,7 @@ def test_srdata_builds_each_kind_with_correct_labels(tiny_ckpt, monkeypatch, tmp
     out = tmp_path / "sr"
     train.main(["--stage", "srdata", "--model", tiny_ckpt, "--out", str(out), "--sr-problems", "24",
                 "--sr-samples", "4", "--sr-robust", "1", "--prompt-style", "compact", "--max-new-tokens", "16",
-                "--judge-max-new-tokens", "16", "--no-progress"])
+                "--judge-max-new-tokens", "16", "--sr-checks", "own", "--no-progress"])
     rows = [json.loads(line) for line in (out / "srdata.jsonl").read_text().splitlines()]
     stats = json.loads((out / "stats.json").read_text())
     kinds = {"wrong_right": 0, "right": 0, "right_wrong_right": 0}
