@@ -57,7 +57,8 @@ def main():
     ap.add_argument("--sft-epochs", type=int, default=5, help="stage-1 SFT epochs (2 were too few to learn the verdicts)")
     ap.add_argument("--sft-lr", type=float, default=1e-3, help="stage-1 SFT peak lr (2e-3+ was far worse here)")
     ap.add_argument("--rl-steps", type=int, default=60, help="stage-2 PPO steps (0: skip stage 2)")
-    ap.add_argument("--rl-lr", type=float, default=1e-4, help="stage-2 lr (the tiny model's RL default)")
+    ap.add_argument("--rl-lr", type=float, default=3e-5,
+                    help="stage-2 lr (the tiny model's RL default, 1e-4, unlearned the corrections in 40 steps)")
     ap.add_argument("--max-turns", type=int, default=2, help="corrections allowed after the first answer")
     ap.add_argument("--max-new-tokens", type=int, default=200, help="longest trajectory, in tokens")
     ap.add_argument("--eval-n", type=int, default=300, help="held-out problems in the final table")
