@@ -26,18 +26,21 @@ class Judge:
 
     def __init__(self, model, tokenizer, task, samples: int = 1, temperature: float = 1.0,
                  max_new_tokens: int = 256, top_p: float = 1.0, style: str = "full",
-                 batch_size: int = 0):
+                 batch_size: int = 0, compile: bool = False):
         if samples < 1:
             raise ValueError(f"judge samples must be >= 1, got {samples}")
         self.model, self.tokenizer, self.task = model, tokenizer, task
         self.samples, self.temperature, self.top_p = samples, temperature, top_p
         self.max_new_tokens, self.style, self.batch_size = max_new_tokens, style, batch_size
+        self.compile = compile  # torch.compile the decode step (CUDA only)
 
     def prompt_ids(self, problem, answer) -> list[int]:
         return self.tokenizer.encode_chat(self.task.judge_prompt(problem, answer, style=self.style))
 
-    def score(self, problems: list, answers: list, seed: int | None = None):
-        """-> (rewards: list[float] in [0, 1], judge_texts: list[list[str]]; [] where not judged)."""
+    def score(self, problems: list, answers: list, seed: int | list[int] | None = None):
+        """-> (rewards: list[float] in [0, 1], judge_texts: list[list[str]]; [] where not judged).
+
+        seed: one int for the call, or one per answer (each verdict then independent of the batch)."""
         if len(problems) != len(answers):
             raise ValueError(f"{len(problems)} problems but {len(answers)} answers")
         rewards = [0.0] * len(answers)
@@ -48,11 +51,16 @@ class Judge:
         prompts = [self.prompt_ids(problems[i], answers[i]) for i in todo]
         chunk = self.batch_size or len(prompts)
         tok, k = self.tokenizer, self.samples
+
+        def seed_of(start):  # a chunk's seed: the call's seed + offset, or the per-answer seeds of its prompts
+            if isinstance(seed, (list, tuple)):
+                return [seed[i] for i in todo[start:start + chunk]]
+            return None if seed is None else seed + start
         for start in range(0, len(prompts), chunk):
             out = sample.generate(self.model, prompts[start:start + chunk], n=k,
                                   max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                                   top_p=self.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
-                                  seed=None if seed is None else seed + start)
+                                  seed=seed_of(start), compile=self.compile)
             for j in range(len(prompts[start:start + chunk])):
                 i = todo[start + j]
                 texts[i] = [decode_completion(tok, out.completion(j * k + s)) for s in range(k)]

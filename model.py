@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 class CheckpointError(Exception):
@@ -250,6 +251,7 @@ class Qwen(nn.Module):
         # tied checkpoints have no lm_head module at all: the embedding doubles as the output layer
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self._rope = {}  # (device, dtype) -> cos/sin tables; a plain dict so meta-device builds skip it
+        self.grad_ckpt = False  # activation checkpointing: backward recomputes each layer (train.py --grad-ckpt)
 
     def rope(self, positions, dtype):
         """positions [B, T] -> cos, sin [B, 1, T, head_dim], looked up in tables built once."""
@@ -297,7 +299,10 @@ class Qwen(nn.Module):
             slots = torch.arange(S, device=input_ids.device)
             mask = (slots[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, S]
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, mask, cache, i, positions)
+            if self.grad_ckpt and torch.is_grad_enabled():  # keep only the layer's input for backward
+                x = checkpoint(layer, x, cos, sin, mask, cache, i, positions, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, i, positions)
         x = self.model.norm(x)
         return x if return_hidden else self.logits(x)
 

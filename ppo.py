@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -566,6 +567,17 @@ def _split(rows, size):
     return [rows[i:i + size] for i in range(0, len(rows), size)]
 
 
+def tokens_per_rank(n):
+    """Response tokens n (a tensor), or under torchrun their mean over the ranks: each rank's loss is
+    its token sum / that mean, and FSDP averages gradients over ranks, so the gradient is the
+    token-level mean over the global minibatch (2 ranks x half the batch == 1 rank x all of it)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        n = n.clone()
+        dist.all_reduce(n)
+        n = n / dist.get_world_size()
+    return n
+
+
 def ppo_update(policy, optimizer, batch, cfg: PPOConfig, ref_model=None, value_head=None):
     """Run cfg.epochs x minibatches of PPO on one batch of rollouts; returns mean stats (floats).
 
@@ -646,7 +658,7 @@ def ppo_update(policy, optimizer, batch, cfg: PPOConfig, ref_model=None, value_h
     for epoch, perm in enumerate(perms):
         for i0 in range(0, B, mb):
             rows = perm[i0:i0 + mb]
-            n_tok = mask[rows].sum().clamp(min=1)  # token-level mean over the whole minibatch
+            n_tok = tokens_per_rank(mask[rows].sum()).clamp(min=1)  # token-level mean over the whole minibatch
             optimizer.zero_grad(set_to_none=True)
             mb_loss = 0.0
             for r in _split(rows, micro):

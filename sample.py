@@ -64,25 +64,34 @@ def sample_next(logits, temperature, top_k, top_p, generator):
     """logits [R, V] -> (token ids [R], their log-probs [R]) without a host sync.
 
     temperature == 0 is greedy; its log-prob is the untempered model's log_softmax at the argmax.
+    generator: one torch.Generator (or None) for all rows, or a list of k generators, each drawing
+    the noise of its own R/k consecutive rows (one prompt's samples).
     """
     if temperature == 0:
         logp = torch.log_softmax(logits.float(), dim=-1)
         ids = logp.argmax(-1)
     else:
         logp = process_logits(logits, temperature, top_k, top_p)
-        noise = torch.empty_like(logp).exponential_(1, generator=generator)
+        noise = torch.empty_like(logp)
+        if isinstance(generator, list):  # per prompt: its samples do not depend on the rest of the batch
+            for g, rows in zip(generator, noise.chunk(len(generator))):
+                rows.exponential_(1, generator=g)
+        else:
+            noise.exponential_(1, generator=generator)
         ids = (logp.exp() / noise).argmax(-1)  # Gumbel-style draw: argmax p_i / E_i ~ Categorical(p)
     return ids, logp.gather(-1, ids[:, None])[:, 0]
 
 
 @torch.no_grad()
 def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature: float = 1.0,
-             top_p: float = 1.0, top_k: int = 0, stop_ids=(), pad_id: int = 0, seed: int | None = None,
+             top_p: float = 1.0, top_k: int = 0, stop_ids=(), pad_id: int = 0, seed: int | list[int] | None = None,
              compile: bool = False, on_step=None) -> Rollout:
     """Sample n completions for each prompt (a list of token-id lists, any lengths).
 
-    seed: a fixed seed gives the same samples on rerun; None draws from torch's global RNG (so a
-    caller that restores torch's RNG state replays the same samples). compile: torch.compile the
+    seed: a fixed seed gives the same samples on rerun; a list, one seed per prompt, makes each
+    prompt's samples independent of the batch it is in (train.py under torchrun: the same rollouts on
+    any number of ranks); None draws from torch's global RNG (so a caller that restores torch's RNG
+    state replays the same samples). compile: torch.compile the
     decode step (CUDA only; ignored elsewhere). on_step(tokens [B*n]): called after each step
     (forces a host sync per token; the CLI uses it to stream).
     """
@@ -98,7 +107,12 @@ def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature:
     B, R = len(prompts), len(prompts) * n
     prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
     generator = None
-    if seed is not None and temperature != 0:
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != B:
+            raise ValueError(f"generate: {len(seed)} seeds for {B} prompts (one per prompt, or one int)")
+        if temperature != 0:
+            generator = [torch.Generator(device=device).manual_seed(s) for s in seed]
+    elif seed is not None and temperature != 0:
         generator = torch.Generator(device=device).manual_seed(seed)
 
     # 1-2. prefill each prompt once (right-padded), logits at each row's last prompt token only

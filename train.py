@@ -5,6 +5,7 @@
     python train.py --task countdown --problems self          # the policy also writes the problems
     python train.py --resume runs/countdown-rl-...            # continue an interrupted run exactly
     python train.py --stage sft --data sft.jsonl --model INIT --out DIR   # supervised fine-tuning
+    torchrun --nproc_per_node 8 train.py --model DIR ...      # the same loop on 8 GPUs, sharded by FSDP2
 
 Each step: problems (the task's generator, a pure function of (seed, step); or proposed by the policy,
 kept when its own judged samples are neither all-pass nor all-fail) -> G rollouts per problem ->
@@ -15,6 +16,13 @@ rollout, but only to measure: rollout accuracy and the judge's TP/FP/TN/FN. Held
 --save-interval steps. Weights, master copy and optimizer state are fp32; on CUDA the forward and
 backward run in bf16 autocast and rollouts come from a bf16 copy refreshed after every update
 (--dtype bf16 does the same on CPU).
+
+Under torchrun (WORLD_SIZE > 1) the policy is sharded by PyTorch's FSDP2 (`fully_shard` per decoder
+layer + the root; nccl on CUDA, gloo on CPU): rank r rolls out, judges and trains on its share of the
+step's problems, rollouts seeded per problem (the same samples on any number of ranks), the loss is
+the token-level mean over all ranks' tokens, metrics are gathered and written by rank 0, and a
+checkpoint is an ordinary model folder (full weights gathered to rank 0) plus one optimizer shard
+per rank. See the README's "Multi-GPU" section for the costs.
 
 Defaults: the TrainConfig below, then the model folder's nano_rlsr.json ("prompt_style", and
 "train_defaults": {field: value} for settings that suit that model, e.g. the tiny model's --lr),
@@ -38,10 +46,15 @@ import shutil
 import sys
 import time
 import zlib
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, redirect_stderr
 from dataclasses import asdict, dataclass, fields
 
 import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from tqdm import tqdm
 
 import sample
@@ -104,6 +117,10 @@ class TrainConfig:
     eval_temperature: float = 0.0  # held-out sampling temperature (0: greedy)
     save_interval: int = 20  # checkpoint every this many steps and at the end
     progress: bool = True  # show a tqdm bar
+    # memory and scale-out (one process, or torchrun --nproc_per_node N train.py ...)
+    grad_ckpt: str = "off"  # activation checkpointing: off, or layer (backward recomputes each decoder layer)
+    ref_placement: str = "shard"  # KL reference and frozen judge: shard (on the device), cpu (moved in per pass)
+    compile: bool = False  # torch.compile the decode step of rollouts, proposals and the judge (CUDA only)
     # supervised stage (--stage sft)
     data: str = ""  # sft: JSONL file, one {"messages": [{"role": ..., "content": ...}, ...]} a line
     epochs: int = 1  # sft: passes over the data
@@ -121,7 +138,8 @@ class TrainConfig:
 
 
 CHOICES = dict(stage=("rl", "sft", "srdata"), dtype=("auto", "bf16", "fp32"), problems=("task", "self"),
-               reward=("self", "verifier"), advantage=("group", "gae"), sr_checks=("own", "task"))
+               reward=("self", "verifier"), advantage=("group", "gae"), grad_ckpt=("off", "layer"),
+               ref_placement=("shard", "cpu"), sr_checks=("own", "task"))
 # the only fields a --resume may change: how long to run and what to log
 RUN_FIELDS = ("steps", "resume", "out", "eval_interval", "save_interval", "progress")
 
@@ -136,99 +154,132 @@ class UsageError(Exception):
 
 def train_rl(cfg: TrainConfig):
     task = tasks.get(cfg.task)
-    device = pick_device(cfg.device)
+    rank, world, device = init_distributed(pick_device(cfg.device))  # (0, 1, device) without torchrun
     mixed, autocast = mixed_precision(cfg, device)
     compute_dtype = torch.bfloat16 if mixed else torch.float32
     os.makedirs(cfg.out, exist_ok=True)
     ckpt = latest_checkpoint(cfg.out) if cfg.resume else None  # None also when killed before the first save
+    state = load_trainer_state(ckpt, cfg, world, device) if ckpt else None
 
-    # models: the policy (fp32 master weights), the sampler (the policy, or its bf16 copy on CUDA),
-    # the frozen reference (the initial model: KL anchor, and the judge with --judge frozen)
+    # models: the policy (fp32 master weights), the sampler (the policy, or its bf16 copy on one GPU),
+    # the frozen reference (the initial model: KL anchor, and the judge with --judge frozen); under
+    # torchrun each is FSDP-sharded (the policy gathered as bf16 for compute with mixed precision)
     policy, tok, meta = load_checkpoint(ckpt or cfg.model, device, torch.float32)
     check_lengths(policy, max_new_tokens=cfg.max_new_tokens, judge_max_new_tokens=cfg.judge_max_new_tokens,
                   propose_max_new_tokens=cfg.propose_max_new_tokens)
-    sampler = Qwen.from_pretrained(ckpt or cfg.model, dtype=compute_dtype, device=device) if mixed else policy
+    policy.grad_ckpt = cfg.grad_ckpt == "layer"
+    if world > 1:
+        shard(policy, device, mixed)
+    sampler = policy
+    if mixed and world == 1:
+        sampler = Qwen.from_pretrained(ckpt or cfg.model, dtype=compute_dtype, device=device)
+    frozen_device = device if cfg.ref_placement == "shard" else torch.device("cpu")  # --ref-placement cpu
     reference = None
     if cfg.kl_coef > 0 or cfg.judge == "frozen":
-        reference = Qwen.from_pretrained(cfg.model, dtype=compute_dtype, device=device).requires_grad_(False)
+        reference = Qwen.from_pretrained(cfg.model, dtype=compute_dtype, device=frozen_device).requires_grad_(False)
     judge = None
     if cfg.reward == "self":
         judge_model, judge_tok, judge_style = sampler, tok, cfg.prompt_style
         if cfg.judge == "frozen":
             judge_model = reference
         elif cfg.judge != "live":
-            judge_model, judge_tok, judge_meta = load_checkpoint(cfg.judge, device, compute_dtype)
+            judge_model, judge_tok, judge_meta = load_checkpoint(cfg.judge, frozen_device, compute_dtype)
             judge_style = judge_meta.get("prompt_style", cfg.prompt_style)
         judge = Judge(judge_model, judge_tok, task, samples=cfg.judge_samples, temperature=cfg.judge_temperature,
-                      max_new_tokens=cfg.judge_max_new_tokens, style=judge_style)
-    if not cfg.resume:  # written once the models load: --resume reads it, and refuses a changed one
+                      max_new_tokens=cfg.judge_max_new_tokens, style=judge_style, compile=cfg.compile)
+    frozen = [m for m in (reference, judge and judge.model) if m is not None and m is not sampler]
+    judge_frozen = [judge.model] if judge and judge.model is not sampler else []  # resident while generating
+    if world > 1 and cfg.ref_placement == "shard":
+        for m in {id(m): m for m in frozen}.values():
+            shard(m, device, mixed=False)  # already in the compute dtype
+    if not cfg.resume and rank == 0:  # written once the models load: --resume reads it, and refuses a changed one
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=2)
     value_head = ValueHead(policy.config.hidden_size).to(device) if cfg.advantage == "gae" else None
     params = list(policy.parameters()) + (list(value_head.parameters()) if value_head else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay, fused=True)
-    ppo_cfg = PPOConfig(epochs=cfg.ppo_epochs, minibatch_size=cfg.minibatch_size,
+    ppo_cfg = PPOConfig(epochs=cfg.ppo_epochs, minibatch_size=cfg.minibatch_size // world,  # rows per rank
                         micro_batch_size=cfg.micro_batch_size, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
                         entropy_coef=cfg.entropy_coef, max_grad_norm=cfg.max_grad_norm,
                         temperature=cfg.temperature, advantage=cfg.advantage, group_size=cfg.group_size,
                         scale_std=cfg.scale_std)
 
     start = 0
-    if ckpt:  # resume: weights came from the checkpoint folder, the rest from trainer_state.pt
-        state = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location=device, weights_only=False)
+    if ckpt:  # resume: weights came from the checkpoint folder, the rest from trainer_state.pt (+ shards)
         start = state["step"]
-        optimizer.load_state_dict(state["optimizer"])
+        if world == 1:
+            optimizer.load_state_dict(state["optimizer"])
+        else:
+            shard_file = os.path.join(ckpt, f"optimizer.rank{rank}.pt")
+            set_optimizer_state_dict(policy, optimizer, torch.load(shard_file, map_location=device, weights_only=False))
         if value_head is not None:
             value_head.load_state_dict(state["value_head"])
         set_rng_state(state["rng"])
     metrics_file = os.path.join(cfg.out, "metrics.jsonl")
     samples_file = os.path.join(cfg.out, "samples.jsonl")
-    for file in (metrics_file, samples_file):  # drop lines of steps after the checkpoint (a killed run)
+    for file in (metrics_file, samples_file) if rank == 0 else ():  # drop lines after the checkpoint (a killed run)
         truncate_jsonl(file, start)
     difficulty = meta.get("difficulty", {})  # task knobs the model folder asks for (the tiny model's)
     heldout = task.make_problems(cfg.eval_n, seed=cfg.seed, split="test", **difficulty) if cfg.eval_interval else []
 
-    def run_eval(step):
+    def run_eval(step):  # each rank evaluates every world-th held-out problem; the results are merged
         t0 = time.time()
-        if cfg.self_correct:  # held-out trajectories: final accuracy is heldout_acc, turn-1 and the deltas too
-            r = evaluate_self_correct(sampler, tok, task, heldout, max_turns=cfg.max_turns,
-                                      temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens,
-                                      style=cfg.prompt_style, seed=cfg.seed)
-            return {"heldout_acc": r["final_acc"], "heldout_turn1_acc": r["turn1_acc"],
+        mine, r = heldout[rank::world], None
+        with resident([sampler], device, generate=True):
+            if mine and cfg.self_correct:  # held-out trajectories: heldout_acc is the final answer's
+                r = evaluate_self_correct(sampler, tok, task, mine, max_turns=cfg.max_turns,
+                                          temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens,
+                                          style=cfg.prompt_style, seed=cfg.seed)
+                r = {"mean@1": r["final_acc"], "format_rate": None, **r}
+            elif mine:
+                r = evaluate(sampler, tok, task, mine, samples=1, temperature=cfg.eval_temperature,
+                             max_new_tokens=cfg.max_new_tokens, style=cfg.prompt_style, seed=cfg.seed)
+        parts = [(n, p) for n, p in all_ranks((len(mine), r)) if n]
+        keys = (("mean@1", "mean_length", "turn1_acc", "delta_i2c", "delta_c2i") if cfg.self_correct
+                else ("mean@1", "format_rate", "mean_length"))
+        if len(parts) == 1:
+            r = parts[0][1]
+        else:  # (verification accuracies are ratios over per-rank subsets: logged on one process only)
+            r = {k: sum(n * p[k] for n, p in parts) / len(heldout) for k in keys}
+        if cfg.self_correct:
+            return {"heldout_acc": r["mean@1"], "heldout_turn1_acc": r["turn1_acc"],
                     "heldout_delta_i2c": r["delta_i2c"], "heldout_delta_c2i": r["delta_c2i"],
-                    "heldout_verify_acc_correct": r["verify_acc_correct"],
-                    "heldout_verify_acc_wrong": r["verify_acc_wrong"], "heldout_mean_length": r["mean_length"],
+                    "heldout_verify_acc_correct": r.get("verify_acc_correct"),
+                    "heldout_verify_acc_wrong": r.get("verify_acc_wrong"), "heldout_mean_length": r["mean_length"],
                     "time_eval": time.time() - t0}
-        r = evaluate(sampler, tok, task, heldout, samples=1, temperature=cfg.eval_temperature,
-                     max_new_tokens=cfg.max_new_tokens, style=cfg.prompt_style, seed=cfg.seed)
         return {"heldout_acc": r["mean@1"], "heldout_format_rate": r["format_rate"],
                 "heldout_mean_length": r["mean_length"], "time_eval": time.time() - t0}
 
     if start == 0 and cfg.eval_interval:
         first = run_eval(0)
-        append_jsonl(metrics_file, {"step": 0, **first})
-        print(f"step 0: {eval_note(first)} ({cfg.eval_n} problems)")
+        if rank == 0:
+            append_jsonl(metrics_file, {"step": 0, **first})
+            print(f"step 0: {eval_note(first)} ({cfg.eval_n} problems)")
     last_acc = None
-    bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, disable=not cfg.progress,
+    bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, disable=not cfg.progress or rank > 0,
                dynamic_ncols=True, desc=f"rlsr {cfg.task}")
+    quota = cfg.prompts_per_step // world  # problems per rank: rank r owns the step's problems r*quota ... +quota-1
     for step in bar:
         torch.manual_seed(derive_seed(cfg.seed, step, "torch"))  # the update order: a function of (seed, step)
         timer = Timer()
 
-        # 1. problems -> G rollouts each -> rewards
+        # 1. problems -> G rollouts each -> rewards (this rank's share; full weights gathered for generation)
         groups, source = [], {}
-        if cfg.problems == "self":
-            with timer("generate"):
-                proposed = propose_problems(cfg, sampler, tok, task, step, difficulty)
-            candidates = score(cfg, task, judge, rollout(cfg, sampler, tok, task, proposed, step, "self", timer),
-                               step, "self", timer)
-            groups = [g for g in candidates if len({r["reward"] for r in g}) > 1][:cfg.prompts_per_step]
-            source = {"proposed_valid": len(proposed), "problems_self": len(groups)}
-        if len(groups) < cfg.prompts_per_step:  # task problems (top-up when self-proposed ones were too few)
-            problems = task.make_problems(cfg.prompts_per_step - len(groups),
-                                          seed=derive_seed(cfg.seed, step, "problems"), split="train", **difficulty)
-            groups += score(cfg, task, judge, rollout(cfg, sampler, tok, task, problems, step, "task", timer),
-                            step, "task", timer)
+        with resident([sampler, *judge_frozen], device, generate=True):
+            if cfg.problems == "self":
+                with timer("generate"):
+                    proposed = propose_problems(cfg, sampler, tok, task, step, difficulty)  # the same on every rank
+                index = list(range(rank, len(proposed), world))
+                candidates = score(cfg, task, judge, rollout(cfg, sampler, tok, task, proposed, index, step, "self",
+                                                             timer), step, "self", timer)
+                groups = [g for g in candidates if len({r["reward"] for r in g}) > 1][:quota]
+                source = {"proposed_valid": len(proposed), "problems_self": len(groups)}
+            if len(groups) < quota:  # task problems (top-up when self-proposed ones were too few)
+                problems = task.make_problems(cfg.prompts_per_step, seed=derive_seed(cfg.seed, step, "problems"),
+                                              split="train", **difficulty)
+                index = list(range(rank * quota, (rank + 1) * quota - len(groups)))
+                groups += score(cfg, task, judge, rollout(cfg, sampler, tok, task, problems, index, step, "task",
+                                                          timer), step, "task", timer)
         rows = [r for g in groups for r in g]
 
         # 2. advantages and the PPO update (fp32 master weights; bf16 autocast with --dtype bf16)
@@ -238,28 +289,37 @@ def train_rl(cfg: TrainConfig):
             batch["rewards"] = torch.tensor([r["reward"] for r in rows], device=device)
             if cfg.advantage == "group":  # GRPO: each reward against its group's mean (and std)
                 batch["advantages"] = group_advantages(batch["rewards"], cfg.group_size, cfg.scale_std)
-            with autocast:
+            with autocast, resident([reference] if cfg.kl_coef > 0 else [], device):
                 stats = ppo_update(policy, optimizer, batch, ppo_cfg, ref_model=reference, value_head=value_head)
             policy.eval()
             if sampler is not policy:
                 copy_weights(sampler, policy)
 
-        # 3. log (and held-out eval, checkpoint)
+        # 3. log (and held-out eval, checkpoint): every rank's rows and stats, written by rank 0
+        if world > 1:
+            stats = merge_stats(all_ranks((stats, float(batch["response_mask"].sum()))))
+            groups = [g for part in all_ranks([[light(r) for r in g] for g in groups]) for g in part]
+            rows = [r for g in groups for r in g]
+            if source:
+                source["problems_self"] = len([g for g in groups if g[0]["what"] == "self"])
         line = step_metrics(step, groups, rows, stats, cfg, source)
         if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.steps):
             line.update(run_eval(step))
             last_acc = line["heldout_acc"]
-            bar.write(f"step {step}: {eval_note(line)} ({cfg.eval_n} problems)")
+            if rank == 0:
+                bar.write(f"step {step}: {eval_note(line)} ({cfg.eval_n} problems)")
         line.update(timer.times(), lr=optimizer.param_groups[0]["lr"])
-        append_jsonl(metrics_file, line)
-        append_jsonl(samples_file, example_line(step, rows[0], tok))
+        if rank == 0:
+            append_jsonl(metrics_file, line)
+            append_jsonl(samples_file, example_line(step, rows[0], tok))
         bar.set_postfix(reward=f"{line['reward_mean']:.3f}", judge_agree=fmt(line.get("judge_accuracy")),
                         heldout_acc=fmt(last_acc))
         if step % cfg.save_interval == 0 or step == cfg.steps:
             save_checkpoint(cfg, policy, tok, meta, optimizer, value_head, step)
     bar.close()
-    print(run_summary(metrics_file))
-    print(f"done: {cfg.steps} steps; metrics in {metrics_file}, model folder in {os.path.join(cfg.out, 'ckpt')}")
+    if rank == 0:
+        print(run_summary(metrics_file))
+        print(f"done: {cfg.steps} steps; metrics in {metrics_file}, model folder in {os.path.join(cfg.out, 'ckpt')}")
     return metrics_file
 
 
@@ -322,7 +382,7 @@ def propose_problems(cfg, model, tok, task, step, difficulty) -> list[dict]:
     prompt = tok.encode_chat(task.propose_prompt(examples, style=cfg.prompt_style))
     out = sample.generate(model, [prompt], n=cfg.propose_n, max_new_tokens=cfg.propose_max_new_tokens,
                           temperature=cfg.temperature, top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
-                          seed=derive_seed(cfg.seed, step, "propose"))
+                          seed=derive_seed(cfg.seed, step, "propose"), compile=cfg.compile)
     seen = {json.dumps(p, sort_keys=True) for p in examples}
     problems = []
     for i in range(cfg.propose_n):
@@ -334,18 +394,21 @@ def propose_problems(cfg, model, tok, task, step, difficulty) -> list[dict]:
     return problems
 
 
-def rollout(cfg, model, tok, task, problems, step, what, timer) -> list[dict]:
-    """G completions per problem -> one row per completion (with its extracted answer)."""
-    if not problems:
+def rollout(cfg, model, tok, task, problems, index, step, what, timer) -> list[dict]:
+    """G completions for each problems[i], i in index -> one row per completion (with its extracted
+    answer). Each problem's samples are seeded by its index in the step's list, not by the batch or
+    the rank, so any number of ranks samples the same rollouts."""
+    if not index:
         return []
     G = cfg.group_size
     make_prompt = (lambda p: tasks.self_correct_prompt(task, p, style=cfg.prompt_style)) if cfg.self_correct else \
         (lambda p: task.prompt(p, style=cfg.prompt_style))
-    prompts = [tok.encode_chat(make_prompt(p)) for p in problems]
+    prompts = [tok.encode_chat(make_prompt(problems[i])) for i in index]
     with timer("generate"):
         out = sample.generate(model, prompts, n=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                               top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
-                              seed=derive_seed(cfg.seed, step, f"rollout/{what}"))
+                              seed=[derive_seed(cfg.seed, step, f"rollout/{what}/{i}") for i in index],
+                              compile=cfg.compile)
     rows = []
     for i in range(len(prompts) * G):
         ids = out.completion(i)
@@ -357,9 +420,9 @@ def rollout(cfg, model, tok, task, problems, step, what, timer) -> list[dict]:
                 ids, text, truncated = ids[:tokens_for_chars(tok, ids, traj.end)], text[:traj.end], False
             answer = traj.final  # the reward is on the final answer only (the paper's guard)
             extra = dict(first=traj.first, first_verdict=traj.first_verdict, attempts=len(traj.turns))
-        rows.append(dict(problem=problems[i // G], prompt=prompts[i // G], completion=ids, text=text,
+        rows.append(dict(problem=problems[index[i // G]], prompt=prompts[i // G], completion=ids, text=text,
                          logp=out.logprobs[i, :len(ids)].float().cpu(), truncated=truncated, answer=answer,
-                         **extra))
+                         what=what, index=index[i // G], sample=i % G, **extra))
     return rows
 
 
@@ -386,7 +449,8 @@ def score(cfg, task, judge, rows, step, what, timer) -> list[list[dict]]:
         rewards, texts = [float(c) for c in correct], [[] for _ in rows]
     else:
         with timer("judge"):
-            rewards, texts = judge.score(problems, answers, seed=derive_seed(cfg.seed, step, f"judge/{what}"))
+            seeds = [derive_seed(cfg.seed, step, f"judge/{what}/{r['index']}/{r['sample']}") for r in rows]
+            rewards, texts = judge.score(problems, answers, seed=seeds)  # per answer: the same on any rank count
     for r, c, w, t in zip(rows, correct, rewards, texts):
         r.update(correct=c, reward=float(w), judge_texts=t)
     if cfg.self_correct:  # the first answer's correctness: logged (turn-1 accuracy), never rewarded
@@ -474,22 +538,162 @@ def copy_weights(dst, src):
 
 
 # -----------------------------------------------------------------------------
-# Checkpoints: OUT/ckpt/ = a model folder + trainer_state.pt, replaced atomically
+# Several processes (torchrun): FSDP2 sharding, gathering for generation, rank 0 writes.
+# Every function here is a no-op (or the identity) in a single process.
+
+
+def init_distributed(device) -> tuple[int, int, torch.device]:
+    """-> (rank, world size, this rank's device). Under torchrun (WORLD_SIZE > 1) joins the process
+    group: nccl with one GPU per rank (cuda:LOCAL_RANK), gloo on the CPU. Alone: (0, 1, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.barrier()  # every rank has checked its flags (--out is fresh) before rank 0 writes config.json
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def shard(model, device, mixed):
+    """FSDP2 over all ranks: each decoder layer, then the root (embeddings, final norm, lm_head), so a
+    layer's full weights exist only during its forward and backward. Mixed precision: fp32 shards (the
+    master weights; Adam's states follow them), gathered as bf16 for compute, gradients reduced in fp32."""
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    mp = MixedPrecisionPolicy(torch.bfloat16, reduce_dtype=torch.float32) if mixed else MixedPrecisionPolicy()
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    return model
+
+
+@contextmanager
+def resident(models, device, generate=False):
+    """The models ready for one pass on `device`: a --ref-placement cpu model is moved in (and back out
+    after); with generate=True an FSDP model's full weights are gathered on every rank once for the
+    whole block (and freed after), since ranks stop decoding at different steps and so no collective
+    may run inside `generate`. Costs one all-gather of the weights and a full copy per rank meanwhile."""
+    models = list({id(m): m for m in models if m is not None}.values())
+    sharded = [m for m in models if isinstance(m, FSDPModule)] if generate else []
+    moved = [m for m in models if not isinstance(m, FSDPModule) and m.output_weight.device != device]
+    for m in moved:
+        m.to(device)
+    for m in sharded:
+        for layer in m.model.layers:
+            layer.set_reshard_after_forward(False, recurse=False)  # stay gathered across decode steps
+        for part in (m, *m.model.layers):
+            part.unshard()
+    try:
+        yield
+    finally:
+        for m in sharded:
+            for layer in m.model.layers:
+                layer.set_reshard_after_forward(True, recurse=False)
+            for part in (m, *m.model.layers):
+                part.reshard()
+        for m in moved:
+            m.to("cpu")
+
+
+def all_ranks(obj) -> list:
+    """obj from every rank, in rank order ([obj] in a single process)."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def light(row) -> dict:
+    """A rollout row without its tensors, for gathering to rank 0's metrics."""
+    return {k: v for k, v in row.items() if k not in ("logp", "prompt")}
+
+
+def merge_stats(per_rank) -> dict:
+    """[(ppo_update stats, response tokens)] of all ranks -> one dict: token-weighted means; loss and
+    grad_norm are already global (the loss is normalised by all ranks' tokens): plain means;
+    sampler_logp_err: the max."""
+    total = sum(n for _, n in per_rank) or 1.0
+    out = {}
+    for k in per_rank[0][0]:
+        values = [st[k] for st, _ in per_rank]
+        if k in ("loss", "grad_norm"):
+            out[k] = sum(values) / len(values)
+        elif k == "sampler_logp_err":
+            out[k] = max(values)
+        else:
+            out[k] = sum(v * n for v, (_, n) in zip(values, per_rank)) / total
+    return out
+
+
+def full_model(policy):
+    """A plain Qwen with the full weights: the policy itself in one process; under torchrun the
+    shards gathered to rank 0's CPU (None on the other ranks; every rank must call this)."""
+    if not isinstance(policy, FSDPModule):
+        return policy
+    state = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_main():
+        return None
+    with torch.device("meta"):
+        model = Qwen(policy.config)
+    model.load_state_dict(state, assign=True)
+    return model
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: OUT/ckpt/ = a model folder + trainer_state.pt (+ optimizer.rankN.pt under torchrun),
+# replaced atomically
 
 
 def save_checkpoint(cfg, policy, tok, meta, optimizer, value_head, step):
-    """Write OUT/ckpt.tmp, then swap it in with renames: a kill at any moment leaves a whole checkpoint."""
+    """Write OUT/ckpt.tmp, then swap it in with renames: a kill at any moment leaves a whole checkpoint.
+    Under torchrun rank 0 writes the model folder (full weights gathered to it) and trainer_state.pt,
+    and every rank its optimizer shard; a resume needs the same number of ranks."""
     final, tmp, old = (os.path.join(cfg.out, name) for name in ("ckpt", "ckpt.tmp", "ckpt.old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model_folder(tmp, policy, tok, meta, cfg)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": get_rng_state(), "config": asdict(cfg),
-                "value_head": value_head.state_dict() if value_head is not None else None},
-               os.path.join(tmp, "trainer_state.pt"))
-    if os.path.exists(final):
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    model = full_model(policy)
+    if is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model_folder(tmp, model, tok, meta, cfg)
+    barrier()  # the folder exists before the ranks write their shards into it
+    if world > 1:
+        torch.save(get_optimizer_state_dict(policy, optimizer),
+                   os.path.join(tmp, f"optimizer.rank{dist.get_rank()}.pt"))
+    barrier()
+    if is_main():
+        torch.save({"step": step, "optimizer": optimizer.state_dict() if world == 1 else None, "world_size": world,
+                    "rng": get_rng_state(), "config": asdict(cfg),
+                    "value_head": value_head.state_dict() if value_head is not None else None},
+                   os.path.join(tmp, "trainer_state.pt"))
+        if os.path.exists(final):
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+        os.rename(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    barrier()  # nobody reads or rewrites the folder before the swap is done
+
+
+def load_trainer_state(ckpt, cfg, world, device) -> dict:
+    """trainer_state.pt of a checkpoint; refuses one saved by another number of ranks (its optimizer
+    state is sharded per rank)."""
+    state = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location=device, weights_only=False)
+    saved = state.get("world_size", 1)
+    if saved != world:
+        run_with = "python train.py" if saved == 1 else f"torchrun --nproc_per_node {saved} train.py"
+        raise UsageError(f"--resume {cfg.out}: {ckpt} was saved by {saved} process(es), this run has {world}: "
+                         f"resume with {run_with} (the model folder {ckpt} itself loads anywhere)")
+    return state
 
 
 def latest_checkpoint(out: str) -> str | None:
@@ -906,6 +1110,15 @@ def validate(cfg: TrainConfig, fresh: bool) -> str | None:
             check_model_dir(cfg.judge)
         except CheckpointError as e:
             return f"--judge must be live, frozen or a checkpoint folder ({e})"
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's process count
+    if world > 1 and cfg.stage in ("sft", "srdata"):
+        return f"--stage {cfg.stage} runs in one process (torchrun is for the RL stage)"
+    if world > 1 and cfg.advantage == "gae":
+        return "--advantage gae runs in one process (its value head is not sharded): use group under torchrun"
+    for name in ("prompts_per_step", "minibatch_size"):
+        if world > 1 and getattr(cfg, name) % world:
+            return (f"--{name.replace('_', '-')} {getattr(cfg, name)} must be a multiple of the {world} torchrun "
+                    f"processes (each rank takes an equal share)")
     if cfg.stage == "sft":
         if not cfg.data:
             return "--stage sft needs --data FILE.jsonl (one {\"messages\": [...]} chat example a line)"
@@ -917,7 +1130,14 @@ def validate(cfg: TrainConfig, fresh: bool) -> str | None:
 
 
 def main(argv=None):
-    cfg = parse_config(argv)
+    other_rank = int(os.environ.get("RANK", "0")) > 0  # under torchrun rank 0 alone reports bad flags
+    try:
+        with open(os.devnull, "w") as devnull, redirect_stderr(devnull) if other_rank else nullcontext():
+            cfg = parse_config(argv)
+    except SystemExit:
+        if other_rank:  # torchrun stops all ranks at the first exit: let rank 0 print its line first
+            time.sleep(3)
+        raise
     try:
         if cfg.stage == "sft":
             return train_sft(cfg)
@@ -925,9 +1145,15 @@ def main(argv=None):
             return build_srdata(cfg)
         return train_rl(cfg)
     except (CheckpointError, UsageError) as e:
+        if not is_main():  # one line, from rank 0 (as above)
+            time.sleep(3)
+            sys.exit(1)
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"interrupted: python train.py --resume {cfg.out} continues from its last checkpoint")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,246 @@
+"""The miniature RLSR replication: does self-reward teach the tiny model as well as the verifier?
+
+    python experiments/rlsr.py                      # 4 conditions x seeds 0 1 2 (+1 --problems self run)
+    python experiments/rlsr.py --seeds 7 8 9        # other seeds
+    python experiments/rlsr.py --quick              # a minute-sized smoke run of the same script
+
+From the same start (the embedded tiny model) and with equal budgets (same steps, problems,
+rollouts, learning rate), per seed:
+  none      no RL: the start model evaluated on the seed's held-out problems
+  verifier  reward = the formal checker (the paper's "formal verification" baseline)
+  frozen    self reward, judged by the frozen initial model
+  live      self reward, judged by the current policy itself (RLSR)
+and one `live` run with `--problems self` (the policy also proposes its problems).
+
+Every run is a plain `train.py` run in OUT/<condition>-s<seed>/ (finished runs are reused, so an
+interrupted experiment continues). The summary — held-out accuracy over training, the judge's
+precision/recall on the policy's own samples — goes to OUT/results.json, OUT/results.md and, when
+matplotlib is installed (`pip install -e ".[plot]"`), OUT/rlsr.png.
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+CONDITIONS = {  # name -> train.py flags (on top of the shared ones)
+    "verifier": ["--reward", "verifier"],
+    "frozen": ["--judge", "frozen"],
+    "live": ["--judge", "live"],
+}
+SELF_PROBLEMS = "live-propose"  # the one run of RLSR's complete loop (propose -> solve -> judge -> update)
+LABELS = {"none": "(a) no RL", "verifier": "(b) verifier reward", "frozen": "(c) self reward, frozen judge",
+          "live": "(d) self reward, live judge (RLSR)", SELF_PROBLEMS: "(d') live judge, self-proposed problems"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (one run per condition each)")
+    p.add_argument("--model", default=os.path.join(ROOT, "assets", "tiny-countdown"), help="start checkpoint")
+    p.add_argument("--out", default=os.path.join(ROOT, "runs", "rlsr-experiment"), help="output folder")
+    p.add_argument("--jobs", type=int, default=2, help="runs at once (one CPU thread each)")
+    p.add_argument("--no-propose-run", action="store_true", help="skip the --problems self run")
+    p.add_argument("--quick", action="store_true", help="smoke run: 4 steps, 16 held-out problems")
+    p.add_argument("train_args", nargs=argparse.REMAINDER,
+                   help="after --: extra train.py flags for every run (e.g. -- --steps 100 --kl-coef 0.01)")
+    args = p.parse_args(argv)
+    args.train_args = [a for a in args.train_args if a != "--"]
+    if args.quick:
+        args.train_args = ["--steps", "4", "--eval-interval", "2", "--eval-n", "16", "--prompts-per-step", "2",
+                           "--group-size", "4", "--propose-n", "4"] + args.train_args
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    if not os.path.isdir(args.model):
+        p.error(f"--model {args.model}: not a folder")
+    return args
+
+
+def run_train(name, seed, args) -> str:
+    """One train.py run as a subprocess (one thread); returns its folder. A finished run is reused."""
+    out = os.path.join(args.out, f"{name}-s{seed}")
+    if os.path.exists(os.path.join(out, "done")):
+        return out
+    flags = CONDITIONS["live"] + ["--problems", "self"] if name == SELF_PROBLEMS else CONDITIONS[name]
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--task", "countdown", "--model", args.model,
+           "--seed", str(seed), "--out", out, "--no-progress", *flags, *args.train_args]
+    if os.path.exists(os.path.join(out, "config.json")):  # interrupted: continue it exactly
+        cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--resume", out, "--no-progress"]
+    os.makedirs(out, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    t0 = time.time()
+    with open(os.path.join(out, "log.txt"), "a") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        raise SystemExit(f"error: run {out} failed (exit {code}); see {os.path.join(out, 'log.txt')}")
+    with open(os.path.join(out, "done"), "w") as f:
+        f.write(f"{time.time() - t0:.0f} s\n")
+    print(f"  {name} seed {seed}: done in {time.time() - t0:.0f} s", flush=True)
+    return out
+
+
+def read_metrics(folder) -> list[dict]:
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def curves(lines) -> dict:
+    """Held-out accuracy at each eval step, and the judge's counts summed over each eval window."""
+    evals = [(m["step"], m["heldout_acc"]) for m in lines if "heldout_acc" in m]
+    steps = [s for s, _ in evals]
+    judge = []
+    for lo, hi in zip(steps, steps[1:]):  # steps (lo, hi]
+        n = {k: sum(m.get(f"judge_{k}") or 0 for m in lines if lo < m["step"] <= hi) for k in ("tp", "fp", "tn", "fn")}
+        judge.append({"step": hi, **n, "precision": ratio(n["tp"], n["tp"] + n["fp"]),
+                      "recall": ratio(n["tp"], n["tp"] + n["fn"])})
+    reward = [(m["step"], m["reward_mean"], m["rollout_acc"]) for m in lines if "reward_mean" in m]
+    return {"heldout": evals, "judge": judge if any(j["tp"] + j["fp"] + j["tn"] + j["fn"] for j in judge) else [],
+            "reward": reward}
+
+
+def ratio(a, b):
+    return a / b if b else float("nan")
+
+
+def mean_std(xs):
+    xs = [x for x in xs if not math.isnan(x)]
+    if not xs:
+        return float("nan"), float("nan")
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / max(len(xs) - 1, 1))
+
+
+def summarise(runs: dict) -> dict:
+    """runs: condition -> [curves per seed] -> per condition: final/peak accuracy and judge over the run."""
+    out = {}
+    for name, per_seed in runs.items():
+        start = [c["heldout"][0][1] for c in per_seed]
+        final = [c["heldout"][-1][1] for c in per_seed]
+        peak = [max(a for _, a in c["heldout"]) for c in per_seed]
+        gain = [f - s for f, s in zip(final, start)]
+        row = {"seeds": len(per_seed), "start": mean_std(start), "final": mean_std(final), "peak": mean_std(peak),
+               "gain": mean_std(gain), "gains": gain}
+        if per_seed[0]["judge"]:
+            n = {k: sum(j[k] for c in per_seed for j in c["judge"]) for k in ("tp", "fp", "tn", "fn")}
+            row["judge"] = {**n, "precision": ratio(n["tp"], n["tp"] + n["fp"]), "recall": ratio(n["tp"], n["tp"] + n["fn"])}
+            first = [c["judge"][0] for c in per_seed]
+            last = [c["judge"][-1] for c in per_seed]
+            row["judge_first_window"] = {k: mean_std([j[k] for j in first]) for k in ("precision", "recall")}
+            row["judge_last_window"] = {k: mean_std([j[k] for j in last]) for k in ("precision", "recall")}
+        rewards = [c["reward"][-1][1] for c in per_seed if c["reward"]]
+        if rewards:
+            row["final_reward"] = mean_std(rewards)
+        out[name] = row
+    return out
+
+
+def pct(ms):
+    m, s = ms
+    if math.isnan(m):
+        return "–"
+    return f"{100 * m:.1f}" + ("" if math.isnan(s) or s == 0 else f" ± {100 * s:.1f}")
+
+
+def table(summary, args) -> str:
+    lines = ["| condition | seeds | held-out start | held-out final | peak | gain (points) | "
+             "judge precision / recall on own samples (whole run; first -> last window) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in summary.items():
+        j = "–"
+        if "judge" in r:
+            fw, lw = r["judge_first_window"], r["judge_last_window"]
+            j = (f"{r['judge']['precision']:.2f} / {r['judge']['recall']:.2f} "
+                 f"({fw['precision'][0]:.2f} / {fw['recall'][0]:.2f} -> {lw['precision'][0]:.2f} / {lw['recall'][0]:.2f})")
+        lines.append(f"| {LABELS[name]} | {r['seeds']} | {pct(r['start'])} | {pct(r['final'])} | {pct(r['peak'])} | "
+                     f"{pct(r['gain'])} | {j} |")
+    return "\n".join(lines)
+
+
+def verdict(summary) -> list[str]:
+    """The issue's goal: (c) and (d) gain >= +15 points and >= 80% of (b)'s gain."""
+    base = summary["verifier"]["gain"][0]
+    out = []
+    for name in ("frozen", "live"):
+        g = summary[name]["gain"][0]
+        ok = g >= 0.15 and g >= 0.8 * base
+        share = f"{g / base:.0%}" if base > 0 else "n/a (the verifier run did not gain)"
+        out.append(f"{LABELS[name]}: gain {100 * g:+.1f} points = {share} of the verifier's "
+                   f"{100 * base:+.1f} -> goal (>= +15 and >= 80%) {'met' if ok else 'NOT met'}")
+    return out
+
+
+def plot(runs, path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed (pip install -e \".[plot]\"): no plot written")
+        return False
+    colors = {"none": "gray", "verifier": "black", "frozen": "tab:blue", "live": "tab:red", SELF_PROBLEMS: "tab:orange"}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, per_seed in runs.items():
+        steps = [s for s, _ in per_seed[0]["heldout"]]
+        accs = [[c["heldout"][i][1] for c in per_seed] for i in range(len(steps))]
+        m = [100 * sum(a) / len(a) for a in accs]
+        ax1.plot(steps, m, marker="o", color=colors[name], label=LABELS[name])
+        if len(per_seed) > 1:
+            ax1.fill_between(steps, [100 * min(a) for a in accs], [100 * max(a) for a in accs],
+                             color=colors[name], alpha=0.15)
+        if per_seed[0]["judge"]:
+            js = [s["step"] for s in per_seed[0]["judge"]]
+            for key, style in (("precision", "-"), ("recall", "--")):
+                vals = [mean_std([c["judge"][i][key] for c in per_seed])[0] for i in range(len(js))]
+                ax2.plot(js, vals, style, marker=".", color=colors[name], label=f"{name} {key}")
+    ax1.set(xlabel="RL step", ylabel="held-out accuracy (%, greedy)", title="Countdown, tiny model (mean, min-max band)")
+    ax2.set(xlabel="RL step", ylabel="vs the verifier", ylim=(0, 1),
+            title="judge on the policy's own samples (per eval window)")
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    jobs = [(name, seed) for seed in args.seeds for name in CONDITIONS]
+    if not args.no_propose_run:
+        jobs.append((SELF_PROBLEMS, args.seeds[0]))
+    print(f"{len(jobs)} runs, {args.jobs} at a time, in {args.out}", flush=True)
+    t0 = time.time()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        folders = list(pool.map(lambda job: run_train(*job, args), jobs))
+    runs: dict[str, list] = {"none": []}
+    for (name, _), folder in zip(jobs, folders):
+        runs.setdefault(name, []).append(curves(read_metrics(folder)))
+    for c in runs["live"]:  # (a) no RL: the start model on the same held-out problems at every step
+        start = c["heldout"][0][1]
+        runs["none"].append({"heldout": [(s, start) for s, _ in c["heldout"]], "judge": [], "reward": []})
+    summary = summarise(runs)
+    md = table(summary, args)
+    goal = verdict(summary)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"seeds": args.seeds, "train_args": args.train_args, "summary": summary, "curves": runs,
+                   "goal": goal, "seconds": time.time() - t0}, f, indent=1)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(md + "\n\n" + "\n".join(f"- {g}" for g in goal) + "\n")
+    print(md)
+    print("\n".join(goal))
+    if plot(runs, os.path.join(args.out, "rlsr.png")):
+        print(f"plot: {os.path.join(args.out, 'rlsr.png')}")
+    print(f"results: {args.out}/results.json, results.md ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""experiments/rlsr.py: the curves and summary arithmetic on hand-made metrics, and one tiny end-to-end run."""
+
+import json
+import math
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+
+import rlsr  # noqa: E402
+
+
+def metrics(accs, judge_counts):
+    """metrics.jsonl lines: held-out accuracy at steps 0, 2, 4 ...; judge counts (tp, fp, tn, fn) per step."""
+    lines = []
+    for step, (tp, fp, tn, fn) in enumerate(judge_counts, start=1):
+        lines.append({"step": step, "reward_mean": (tp + fp) / (tp + fp + tn + fn), "rollout_acc": (tp + fn) / 10,
+                      "judge_tp": tp, "judge_fp": fp, "judge_tn": tn, "judge_fn": fn})
+    for i, a in enumerate(accs):
+        step = 2 * i
+        if step == 0:
+            lines.insert(0, {"step": 0, "heldout_acc": a})
+        else:
+            lines[step].update(heldout_acc=a)  # line index == step (line 0 is the step-0 eval)
+    return lines
+
+
+def test_curves_windows_and_summary():
+    run = rlsr.curves(metrics([0.3, 0.4, 0.5], [(1, 1, 7, 1), (2, 0, 8, 0), (3, 3, 3, 1), (0, 1, 9, 0)]))
+    assert run["heldout"] == [(0, 0.3), (2, 0.4), (4, 0.5)]
+    # window (0, 2]: tp 3 fp 1 fn 1 -> precision 0.75, recall 0.75; window (2, 4]: tp 3 fp 4 fn 1
+    assert run["judge"][0] == {"step": 2, "tp": 3, "fp": 1, "tn": 15, "fn": 1, "precision": 0.75, "recall": 0.75}
+    assert run["judge"][1]["precision"] == pytest.approx(3 / 7) and run["judge"][1]["recall"] == 0.75
+    other = rlsr.curves(metrics([0.3, 0.2, 0.3], [(0, 0, 10, 0)] * 4))
+    assert math.isnan(other["judge"][0]["precision"]) and math.isnan(other["judge"][0]["recall"])
+    s = rlsr.summarise({"live": [run, other]})["live"]
+    assert s["gains"] == pytest.approx([0.2, 0.0])
+    assert s["gain"][0] == pytest.approx(0.1) and s["gain"][1] == pytest.approx(math.sqrt(0.02))
+    assert s["peak"][0] == pytest.approx(0.4)
+    assert s["judge"]["tp"] == 6 and s["judge"]["fp"] == 5 and s["judge"]["precision"] == pytest.approx(6 / 11)
+    # the first/last windows average over the seeds that have a value (nan where the judge passed nothing)
+    assert s["judge_first_window"]["precision"][0] == pytest.approx(0.75)
+
+
+def test_goal_verdict():
+    flat = {"gain": (0.0, 0.0)}
+    summary = {"verifier": {"gain": (0.2, 0.0)}, "frozen": {"gain": (0.17, 0.0)}, "live": {"gain": (0.15, 0.0)},
+               "none": flat}
+    frozen, live = rlsr.verdict(summary)
+    assert "goal (>= +15 and >= 80%) met" in frozen  # 17 >= 15 and 85% >= 80%
+    assert "NOT met" in live  # 75% of the verifier's gain
+
+
+def test_quick_experiment_end_to_end(tmp_path, tiny_ckpt):
+    out = tmp_path / "exp"
+    rlsr.main(["--quick", "--seeds", "0", "--model", str(tiny_ckpt), "--out", str(out), "--no-propose-run",
+               "--", "--steps", "2", "--eval-n", "4", "--group-size", "2", "--max-new-tokens", "8",
+               "--judge-max-new-tokens", "8"])
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["summary"]) == {"none", "verifier", "frozen", "live"}
+    for name in ("verifier", "frozen", "live"):
+        assert (out / f"{name}-s0" / "done").exists()
+        assert [s for s, _ in result["curves"][name][0]["heldout"]] == [0, 2]
+    assert "judge" in result["summary"]["live"] and "judge" not in result["summary"]["verifier"]
+    assert (out / "results.md").read_text().startswith("| condition |")
+    # a second call reuses the finished runs instead of training again
+    mtime = os.path.getmtime(out / "live-s0" / "metrics.jsonl")
+    rlsr.main(["--quick", "--seeds", "0", "--model", str(tiny_ckpt), "--out", str(out), "--no-propose-run",
+               "--", "--steps", "2"])
+    assert os.path.getmtime(out / "live-s0" / "metrics.jsonl") == mtime
