@@ -6,6 +6,8 @@
     python train.py --resume runs/countdown-rl-...            # continue an interrupted run exactly
     python train.py --stage sft --data sft.jsonl --model INIT --out DIR   # supervised fine-tuning
     torchrun --nproc_per_node 8 train.py --model DIR ...      # the same loop on 8 GPUs, sharded by FSDP2
+    python train.py --stage srdata --out D; python train.py --stage sft --data D/srdata.jsonl --out S
+    python train.py --model S --self-correct --reward verifier    # self-rewarding correction, stages 1 and 2
 
 Each step: problems (the task's generator, a pure function of (seed, step); or proposed by the policy,
 kept when its own judged samples are neither all-pass nor all-fail) -> G rollouts per problem ->
