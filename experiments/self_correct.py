@@ -102,8 +102,10 @@ def main():
                ("stage 1 (SFT)", measure(stage1, problems, args))]
     if args.rl_steps:
         columns.append(("stage 1 + 2 (RL)", measure(os.path.join(stage2, "ckpt"), problems, args)))
+    with open(os.path.join(srdata, "stats.json")) as f:
+        stats = json.load(f)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "srdata": json.load(open(os.path.join(srdata, "stats.json"))),
+        json.dump({"args": vars(args), "srdata": stats,
                    "results": dict(columns), "seconds": round(time.time() - t0)}, f, indent=2)
     print(markdown(columns))
     print(f"[{time.time() - t0:.0f}s] wrote {os.path.join(args.out, 'results.json')}")
