@@ -2,6 +2,7 @@
 
     python eval.py --task countdown --model DIR [--samples k] [--n N] [--out FILE]
     python eval.py --task countdown --model BEFORE AFTER          # two folders side by side
+    python eval.py --task countdown --model DIR --self-correct [--max-turns 2] [--intrinsic]
 
 For each of N held-out problems the model samples k answers: accuracy is mean@k (the fraction of
 all samples the verifier accepts) and pass@k (the fraction of problems with at least one accepted
@@ -9,6 +10,11 @@ sample); format rate is the fraction of samples with an answer tag; lengths are 
 Then the same model judges each of its answered samples (the judge prompt of train.py's
 self-reward) and its verdicts are compared with the verifier: TP/FP/TN/FN (positive = "correct"),
 precision, recall, accuracy. A table goes to stdout and the numbers to a JSON file.
+
+--self-correct measures self-rewarding correction instead (Xiong et al., 2025; the README defines
+each metric): per problem one trajectory, answer -> [VERIFY] correct|wrong -> corrected answer ...;
+turn-1 and final accuracy, their difference, the wrong->right and right->wrong fractions, and how
+often the model's own verdict on its first answer is right. --intrinsic: the untrained baseline.
 
 Also home of the checkpoint helpers train.py shares: `load_checkpoint`, `read_meta`, `DEFAULT_MODEL`.
 """
@@ -125,6 +131,87 @@ def evaluate(model, tokenizer, task, problems, samples: int = 1, temperature: fl
     return result
 
 
+# -----------------------------------------------------------------------------
+# Self-rewarding correction (Xiong et al., 2025): answer -> [VERIFY] -> correct, up to max_turns times
+
+
+def self_correct_metrics(first_correct, final_correct, first_verdicts=None) -> dict:
+    """The paper's metrics over N trajectories (lists of N bools; verdicts "correct"/"wrong"/None).
+
+    turn1_acc / final_acc: accuracy of the first / final answer; delta_t1_t2 = final - turn 1;
+    delta_i2c / delta_c2i: fraction of problems whose first answer is wrong and final right / right
+    and final wrong (so delta_t1_t2 = delta_i2c - delta_c2i); verify_acc_correct / _wrong: of the
+    first answers that are right / wrong, the fraction the model's own first verdict calls
+    correct / wrong (no verdict counts as a miss; None without verdicts, e.g. the intrinsic baseline).
+    """
+    n = len(first_correct)
+    if n == 0 or len(final_correct) != n or (first_verdicts is not None and len(first_verdicts) != n):
+        raise ValueError("self_correct_metrics: need equally long, non-empty lists")
+    pairs = list(zip(first_correct, final_correct))
+    out = {"n": n, "turn1_acc": sum(first_correct) / n, "final_acc": sum(final_correct) / n,
+           "delta_i2c": sum(not a and b for a, b in pairs) / n, "delta_c2i": sum(a and not b for a, b in pairs) / n}
+    out["delta_t1_t2"] = out["final_acc"] - out["turn1_acc"]
+    out["verify_acc_correct"] = out["verify_acc_wrong"] = out["verified_rate"] = None
+    if first_verdicts is not None:
+        on_right = [v for c, v in zip(first_correct, first_verdicts) if c]
+        on_wrong = [v for c, v in zip(first_correct, first_verdicts) if not c]
+        out["verify_acc_correct"] = sum(v == "correct" for v in on_right) / len(on_right) if on_right else None
+        out["verify_acc_wrong"] = sum(v == "wrong" for v in on_wrong) / len(on_wrong) if on_wrong else None
+        out["verified_rate"] = sum(v is not None for v in first_verdicts) / n  # first attempts given a verdict
+    return out
+
+
+def sample_texts(model, tokenizer, prompts, max_new_tokens, temperature, seed, batch_size=0, n=1):
+    """n completions per prompt (token-id lists) -> (texts without the stop token, generated lengths),
+    len(prompts) * n each, row i from prompt i // n."""
+    texts, lengths = [], []
+    chunk = batch_size or len(prompts)
+    for start in range(0, len(prompts), chunk):
+        out = sample.generate(model, prompts[start:start + chunk], n=n, max_new_tokens=max_new_tokens,
+                              temperature=temperature, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
+                              seed=seed + start)
+        for i in range(len(out.finish_reasons)):
+            texts.append(decode_completion(tokenizer, out.completion(i)))
+            lengths.append(int(out.lengths[i]))
+    return texts, lengths
+
+
+def evaluate_self_correct(model, tokenizer, task, problems, max_turns: int = 2, temperature: float = 0.0,
+                          max_new_tokens: int = 256, style: str = "full", seed: int = 0, batch_size: int = 0,
+                          intrinsic: bool = False) -> dict:
+    """One trajectory per problem -> self_correct_metrics plus mean attempts and length.
+
+    Self-rewarding (default): one completion in the [VERIFY] format (tasks.self_correct_prompt),
+    cut by tasks.parse_trajectory at the first "[VERIFY] correct" or after max_turns corrections.
+    intrinsic: the baseline without training for it: the plain solver prompt, then a second user turn
+    asking the model to review and correct its answer (tasks.intrinsic_prompt); the final answer is
+    the second turn's answer, or the first one kept when the second turn gives none.
+    """
+    if not problems:
+        raise ValueError("empty problem set")
+    if intrinsic:
+        prompts = [tokenizer.encode_chat(task.prompt(p, style=style)) for p in problems]
+        attempts, lengths = sample_texts(model, tokenizer, prompts, max_new_tokens, temperature, seed, batch_size)
+        first = [task.extract_answer(t) for t in attempts]
+        prompts = [tokenizer.encode_chat(tasks.intrinsic_prompt(task, p, t, a or "", style=style))
+                   for p, t, a in zip(problems, attempts, first)]
+        seconds, lengths2 = sample_texts(model, tokenizer, prompts, max_new_tokens, temperature, seed + 1, batch_size)
+        final = [task.extract_answer(t) or a for t, a in zip(seconds, first)]
+        verdicts, attempts_n = None, [2] * len(problems)
+        lengths = [a + b for a, b in zip(lengths, lengths2)]
+    else:
+        prompts = [tokenizer.encode_chat(tasks.self_correct_prompt(task, p, style=style)) for p in problems]
+        texts, lengths = sample_texts(model, tokenizer, prompts, max_new_tokens, temperature, seed, batch_size)
+        trajs = [tasks.parse_trajectory(t, max_turns, task.extract_answer) for t in texts]
+        first, final = [t.first for t in trajs], [t.final for t in trajs]
+        verdicts, attempts_n = [t.first_verdict for t in trajs], [len(t.turns) for t in trajs]
+    first_ok, final_ok = verify_all(task, problems, first), verify_all(task, problems, final)
+    result = self_correct_metrics(first_ok, final_ok, verdicts)
+    result.update(mode="intrinsic" if intrinsic else "self_rewarding", max_turns=max_turns,
+                  mean_attempts=sum(attempts_n) / len(problems), mean_length=sum(lengths) / len(problems))
+    return result
+
+
 def verify_all(task, problems, answers) -> list[bool]:
     """The formal verifier on each (problem, answer); a missing answer is wrong without a call."""
     todo = [i for i, a in enumerate(answers) if a is not None]
@@ -156,6 +243,26 @@ def format_table(names, results) -> str:
         rows.append(("judge TP/FP/TN/FN", ["/".join(str(r[f"judge_{c}"]) for c in ("tp", "fp", "tn", "fn"))
                                            for r in results]))
         rows += [(f"judge {c}", [num(r[f"judge_{c}"]) for r in results]) for c in ("precision", "recall", "accuracy")]
+    return render_table(names, rows)
+
+
+SELF_CORRECT_ROWS = [("problems", "n", "d"), ("turn-1 accuracy", "turn1_acc", ".3f"),
+                     ("final accuracy", "final_acc", ".3f"), ("delta(t1, t2)", "delta_t1_t2", "+.3f"),
+                     ("delta i->c", "delta_i2c", ".3f"), ("delta c->i", "delta_c2i", ".3f"),
+                     ("verify acc on correct", "verify_acc_correct", ".3f"),
+                     ("verify acc on wrong", "verify_acc_wrong", ".3f"),
+                     ("mean attempts", "mean_attempts", ".2f"), ("mean length", "mean_length", ".1f")]
+
+
+def format_self_correct_table(names, results) -> str:
+    """The self-correction metrics, one column per model ("-" where a metric does not apply)."""
+    rows = [(label, ["-" if r.get(key) is None else format(r[key], spec) for r in results])
+            for label, key, spec in SELF_CORRECT_ROWS]
+    return render_table(names, rows)
+
+
+def render_table(names, rows) -> str:
+    """rows [(label, [value text per model])] under a header of short model names."""
     short = [os.path.basename(os.path.normpath(n)) for n in names]
     if len(set(short)) < len(short):  # e.g. two runs' ckpt folders: show their parents too
         short = [os.path.join(*os.path.normpath(n).split(os.sep)[-2:]) for n in names]
@@ -202,6 +309,13 @@ def main(argv=None):
     ap.add_argument("--judge-max-new-tokens", type=int, default=256, help="longest judge output, in tokens")
     ap.add_argument("--prompt-style", default="", metavar="STYLE",
                     help="prompt style (default: the model folder's nano_rlsr.json, else full)")
+    ap.add_argument("--self-correct", action="store_true",
+                    help="self-rewarding correction metrics instead: one answer -> [VERIFY] -> correction "
+                         "trajectory per problem (turn-1/final accuracy, deltas, verification accuracy)")
+    ap.add_argument("--max-turns", type=int, default=2,
+                    help="--self-correct: corrections allowed after the first answer")
+    ap.add_argument("--intrinsic", action="store_true",
+                    help="--self-correct: the intrinsic baseline (asked in a second user turn to correct its answer)")
     ap.add_argument("--batch-size", type=int, default=64, help="prompts per generate call (0: all at once)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     ap.add_argument("--out", default="", metavar="FILE",
@@ -215,6 +329,10 @@ def main(argv=None):
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.temperature < 0 or args.judge_temperature < 0 or args.judge_samples < 0:
         ap.error("temperatures and --judge-samples must be >= 0")
+    if args.max_turns < 0:
+        ap.error("--max-turns must be >= 0")
+    if args.intrinsic and not args.self_correct:
+        ap.error("--intrinsic is a --self-correct baseline: pass --self-correct too")
     try:
         task = tasks.get(args.task)
         device = pick_device(args.device)
@@ -239,6 +357,13 @@ def main(argv=None):
             sys.exit(f"error: {path}: the model has only {limit} positions; lower --max-new-tokens "
                      f"and --judge-max-new-tokens")
         style = args.prompt_style or meta.get("prompt_style", "full")
+        if args.self_correct:  # the model's own [VERIFY] verdicts are the judge here
+            r = evaluate_self_correct(model, tok, task, problems, max_turns=args.max_turns,
+                                      temperature=args.temperature, max_new_tokens=args.max_new_tokens, style=style,
+                                      seed=args.seed, batch_size=args.batch_size, intrinsic=args.intrinsic)
+            results.append({"model": os.path.abspath(path), "prompt_style": style, **r})
+            del model
+            continue
         judge = None
         if args.judge_samples:
             judge = Judge(model, tok, task, samples=args.judge_samples, temperature=args.judge_temperature,
@@ -249,13 +374,13 @@ def main(argv=None):
         results.append({"model": os.path.abspath(path), "prompt_style": style, **r})
         del model
 
-    print(format_table(args.model, results))
+    print((format_self_correct_table if args.self_correct else format_table)(args.model, results))
     out = args.out or f"eval-{args.task}.json"
     if os.path.dirname(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump({"task": args.task, "seed": args.seed, "temperature": args.temperature,
-                   "results": results}, f, indent=2)
+                   "self_correct": args.self_correct, "results": results}, f, indent=2)
     print(f"wrote {out}")
 
 

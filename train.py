@@ -6,6 +6,8 @@
     python train.py --resume runs/countdown-rl-...            # continue an interrupted run exactly
     python train.py --stage sft --data sft.jsonl --model INIT --out DIR   # supervised fine-tuning
     torchrun --nproc_per_node 8 train.py --model DIR ...      # the same loop on 8 GPUs, sharded by FSDP2
+    python train.py --stage srdata --out D; python train.py --stage sft --data D/srdata.jsonl --out S
+    python train.py --model S --self-correct --reward verifier    # self-rewarding correction, stages 1 and 2
 
 Each step: problems (the task's generator, a pure function of (seed, step); or proposed by the policy,
 kept when its own judged samples are neither all-pass nor all-fail) -> G rollouts per problem ->
@@ -59,8 +61,8 @@ from tqdm import tqdm
 
 import sample
 import tasks
-from eval import (DEFAULT_MODEL, META_FILE, Parser, check_model_dir, evaluate, load_checkpoint, pick_device, read_meta,
-                  verify_all)
+from eval import (DEFAULT_MODEL, META_FILE, Parser, check_model_dir, evaluate, evaluate_self_correct, load_checkpoint,
+                  pick_device, read_meta, sample_texts, self_correct_metrics, verify_all)
 from judge import Judge, agreement, decode_completion, passed
 from model import CheckpointError, Qwen
 from ppo import PPOConfig, ValueHead, group_advantages, ppo_update, token_logprobs
@@ -73,7 +75,7 @@ from ppo import PPOConfig, ValueHead, group_advantages, ppo_update, token_logpro
 @dataclass
 class TrainConfig:
     # run
-    stage: str = "rl"  # rl: the self-reward loop; sft: supervised fine-tuning on --data
+    stage: str = "rl"  # rl: the self-reward loop; sft: supervised fine-tuning on --data; srdata: self-correction data
     task: str = "countdown"  # task (a module in tasks/)
     model: str = DEFAULT_MODEL  # starting checkpoint folder (default: the embedded tiny model)
     out: str = ""  # output folder (default: runs/<task>-<stage>-<date>-<time>)
@@ -128,11 +130,18 @@ class TrainConfig:
     max_len: int = 512  # sft: longest example in tokens (longer ones are skipped)
     warmup: int = 100  # sft: linear warmup steps, then cosine decay to 10% of --lr
     log_interval: int = 50  # sft: optimizer steps per log line
+    # self-rewarding correction (answer -> [VERIFY] -> correction; --stage srdata, then sft, then rl)
+    self_correct: bool = False  # rl: rollouts are [VERIFY] trajectories, rewarded on their final answer only
+    max_turns: int = 2  # self-correction: corrections allowed after the first answer
+    sr_problems: int = 2000  # srdata: training problems the policy answers
+    sr_samples: int = 4  # srdata: own answers sampled per problem (first attempts and corrections)
+    sr_robust: float = 0.1  # srdata: share of right first answers given the right -> [VERIFY] wrong -> right kind
+    sr_checks: str = "task"  # srdata: the check before a verdict: task (worked check) or own (policy's, if right)
 
 
-CHOICES = dict(stage=("rl", "sft"), dtype=("auto", "bf16", "fp32"), problems=("task", "self"),
+CHOICES = dict(stage=("rl", "sft", "srdata"), dtype=("auto", "bf16", "fp32"), problems=("task", "self"),
                reward=("self", "verifier"), advantage=("group", "gae"), grad_ckpt=("off", "layer"),
-               ref_placement=("shard", "cpu"))
+               ref_placement=("shard", "cpu"), sr_checks=("own", "task"))
 # the only fields a --resume may change: how long to run and what to log
 RUN_FIELDS = ("steps", "resume", "out", "eval_interval", "save_interval", "progress")
 
@@ -219,14 +228,27 @@ def train_rl(cfg: TrainConfig):
         t0 = time.time()
         mine, r = heldout[rank::world], None
         with resident([sampler], device, generate=True):
-            if mine:
+            if mine and cfg.self_correct:  # held-out trajectories: heldout_acc is the final answer's
+                r = evaluate_self_correct(sampler, tok, task, mine, max_turns=cfg.max_turns,
+                                          temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens,
+                                          style=cfg.prompt_style, seed=cfg.seed)
+                r = {"mean@1": r["final_acc"], "format_rate": None, **r}
+            elif mine:
                 r = evaluate(sampler, tok, task, mine, samples=1, temperature=cfg.eval_temperature,
                              max_new_tokens=cfg.max_new_tokens, style=cfg.prompt_style, seed=cfg.seed)
         parts = [(n, p) for n, p in all_ranks((len(mine), r)) if n]
+        keys = (("mean@1", "mean_length", "turn1_acc", "delta_i2c", "delta_c2i") if cfg.self_correct
+                else ("mean@1", "format_rate", "mean_length"))
         if len(parts) == 1:
             r = parts[0][1]
-        else:
-            r = {k: sum(n * p[k] for n, p in parts) / len(heldout) for k in ("mean@1", "format_rate", "mean_length")}
+        else:  # (verification accuracies are ratios over per-rank subsets: logged on one process only)
+            r = {k: sum(n * p[k] for n, p in parts) / len(heldout) for k in keys}
+        if cfg.self_correct:
+            return {"heldout_acc": r["mean@1"], "heldout_turn1_acc": r["turn1_acc"],
+                    "heldout_delta_i2c": r["delta_i2c"], "heldout_delta_c2i": r["delta_c2i"],
+                    "heldout_verify_acc_correct": r.get("verify_acc_correct"),
+                    "heldout_verify_acc_wrong": r.get("verify_acc_wrong"), "heldout_mean_length": r["mean_length"],
+                    "time_eval": time.time() - t0}
         return {"heldout_acc": r["mean@1"], "heldout_format_rate": r["format_rate"],
                 "heldout_mean_length": r["mean_length"], "time_eval": time.time() - t0}
 
@@ -234,7 +256,7 @@ def train_rl(cfg: TrainConfig):
         first = run_eval(0)
         if rank == 0:
             append_jsonl(metrics_file, {"step": 0, **first})
-            print(f"step 0: held-out accuracy {first['heldout_acc']:.3f} ({cfg.eval_n} problems)")
+            print(f"step 0: {eval_note(first)} ({cfg.eval_n} problems)")
     last_acc = None
     bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, disable=not cfg.progress or rank > 0,
                dynamic_ncols=True, desc=f"rlsr {cfg.task}")
@@ -287,7 +309,7 @@ def train_rl(cfg: TrainConfig):
             line.update(run_eval(step))
             last_acc = line["heldout_acc"]
             if rank == 0:
-                bar.write(f"step {step}: held-out accuracy {last_acc:.3f} ({cfg.eval_n} problems)")
+                bar.write(f"step {step}: {eval_note(line)} ({cfg.eval_n} problems)")
         line.update(timer.times(), lr=optimizer.param_groups[0]["lr"])
         if rank == 0:
             append_jsonl(metrics_file, line)
@@ -322,6 +344,15 @@ def run_summary(metrics_file) -> str:
         out.append(f"judge vs verifier over the run: TP {n['tp']} FP {n['fp']} TN {n['tn']} FN {n['fn']}, "
                    f"precision {precision:.3f}, recall {recall:.3f}")
     return "; ".join(out) or "no held-out eval or judge verdicts in this run"
+
+
+def eval_note(line) -> str:
+    """The held-out figures of a metrics line, for the console."""
+    note = f"held-out accuracy {line['heldout_acc']:.3f}"
+    if "heldout_turn1_acc" in line:
+        note += (f" (final; turn 1 {line['heldout_turn1_acc']:.3f}, i->c {line['heldout_delta_i2c']:.3f}, "
+                 f"c->i {line['heldout_delta_c2i']:.3f})")
+    return note
 
 
 def mixed_precision(cfg, device):
@@ -372,7 +403,9 @@ def rollout(cfg, model, tok, task, problems, index, step, what, timer) -> list[d
     if not index:
         return []
     G = cfg.group_size
-    prompts = [tok.encode_chat(task.prompt(problems[i], style=cfg.prompt_style)) for i in index]
+    make_prompt = (lambda p: tasks.self_correct_prompt(task, p, style=cfg.prompt_style)) if cfg.self_correct else \
+        (lambda p: task.prompt(p, style=cfg.prompt_style))
+    prompts = [tok.encode_chat(make_prompt(problems[i])) for i in index]
     with timer("generate"):
         out = sample.generate(model, prompts, n=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                               top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
@@ -382,10 +415,29 @@ def rollout(cfg, model, tok, task, problems, index, step, what, timer) -> list[d
     for i in range(len(prompts) * G):
         ids = out.completion(i)
         text = decode_completion(tok, ids)
+        truncated, answer, extra = out.finish_reasons[i] == "length", task.extract_answer(text), {}
+        if cfg.self_correct:  # cut after "[VERIFY] correct" or the turn limit: later tokens get no loss
+            traj = tasks.parse_trajectory(text, cfg.max_turns, task.extract_answer)
+            if traj.end < len(text):
+                ids, text, truncated = ids[:tokens_for_chars(tok, ids, traj.end)], text[:traj.end], False
+            answer = traj.final  # the reward is on the final answer only (the paper's guard)
+            extra = dict(first=traj.first, first_verdict=traj.first_verdict, attempts=len(traj.turns))
         rows.append(dict(problem=problems[index[i // G]], prompt=prompts[i // G], completion=ids, text=text,
-                         logp=out.logprobs[i, :len(ids)].float().cpu(), truncated=out.finish_reasons[i] == "length",
-                         answer=task.extract_answer(text), what=what, index=index[i // G], sample=i % G))
+                         logp=out.logprobs[i, :len(ids)].float().cpu(), truncated=truncated, answer=answer,
+                         what=what, index=index[i // G], sample=i % G, **extra))
     return rows
+
+
+def tokens_for_chars(tok, ids, n_chars) -> int:
+    """The fewest leading tokens of `ids` whose decoded text covers its first n_chars characters."""
+    lo, hi = 0, len(ids)
+    while lo < hi:  # decoded length grows with the token count: binary search
+        mid = (lo + hi) // 2
+        if len(tok.decode(ids[:mid])) >= n_chars:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def score(cfg, task, judge, rows, step, what, timer) -> list[list[dict]]:
@@ -403,6 +455,10 @@ def score(cfg, task, judge, rows, step, what, timer) -> list[list[dict]]:
             rewards, texts = judge.score(problems, answers, seed=seeds)  # per answer: the same on any rank count
     for r, c, w, t in zip(rows, correct, rewards, texts):
         r.update(correct=c, reward=float(w), judge_texts=t)
+    if cfg.self_correct:  # the first answer's correctness: logged (turn-1 accuracy), never rewarded
+        with timer("verify"):
+            for r, c in zip(rows, verify_all(task, problems, [r["first"] for r in rows])):
+                r["first_correct"] = c
     G = cfg.group_size
     return [rows[i:i + G] for i in range(0, len(rows), G)]
 
@@ -435,6 +491,12 @@ def step_metrics(step, groups, rows, stats, cfg, source) -> dict:
             "truncated_rate": sum(r["truncated"] for r in rows) / n}
     if cfg.problems == "self":
         line.update(source)
+    if cfg.self_correct:  # rollout_acc is the final answer's; a falling turn-1 accuracy shows answering wrong on purpose
+        m = self_correct_metrics([r["first_correct"] for r in rows], [r["correct"] for r in rows],
+                                 [r["first_verdict"] for r in rows])
+        line.update({f"sc_{k}": m[k] for k in ("turn1_acc", "final_acc", "delta_i2c", "delta_c2i",
+                                               "verify_acc_correct", "verify_acc_wrong")},
+                    sc_mean_attempts=sum(r["attempts"] for r in rows) / n)
     if cfg.reward == "self":  # the judge against the verifier, over the answers it judged
         judged = [r for r in rows if r["judge_texts"]]
         stats_j = agreement([passed(r["reward"]) for r in judged], [r["correct"] for r in judged])
@@ -813,6 +875,113 @@ def cosine_lr(step, total, peak, warmup) -> float:
 
 
 # -----------------------------------------------------------------------------
+# Self-rewarding correction data (stage 1 of Xiong et al., 2025): sequential rejection sampling on
+# the policy's own samples, labelled by the verifier
+
+
+def build_srdata(cfg: TrainConfig):
+    """OUT/srdata.jsonl: one [VERIFY] trajectory per kept own answer, for --stage sft.
+
+    The policy answers --sr-problems training problems --sr-samples times (--temperature); the
+    verifier labels each answer. Kept: as many right as wrong first answers (balanced), one
+    trajectory each, of three kinds (the paper's):
+      wrong -> [VERIFY] wrong -> right;   right -> [VERIFY] correct;
+      right -> [VERIFY] wrong -> right (robustness: a share --sr-robust of the right ones are candidates,
+      kept where the policy's own judge wrongly failed the answer, so that a mistaken verdict is
+      followed by a right answer again, not by a wrong one).
+    The check before each verdict is the task's worked check (--sr-checks task, the default: the tiny
+    model's own checks often reach the right verdict through wrong arithmetic, "40=20 yes"), or with
+    --sr-checks own the policy's own judge text, kept when its verdict agrees with the verifier
+    (rejection sampling), else the task's; the robustness kind always shows the policy's own failing
+    check, since its own mistake is what it is about. Corrections are the policy's
+    own right answers to the same problem, else the task's solution. stats.json counts each fallback.
+    """
+    task = tasks.get(cfg.task)
+    device = pick_device(cfg.device)
+    model, tok, meta = load_checkpoint(cfg.model, device, torch.float32)
+    check_lengths(model, max_new_tokens=cfg.max_new_tokens, judge_max_new_tokens=cfg.judge_max_new_tokens)
+    style, rng = cfg.prompt_style, random.Random(cfg.seed)
+    problems = task.make_problems(cfg.sr_problems, seed=derive_seed(cfg.seed, 0, "srdata"), split="train",
+                                  **meta.get("difficulty", {}))
+    prompts = [tok.encode_chat(task.prompt(p, style=style)) for p in problems]
+    texts, _ = sample_texts(model, tok, prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed, batch_size=256,
+                            n=cfg.sr_samples)
+    own = [(i // cfg.sr_samples, attempt_text(t), task.extract_answer(t)) for i, t in enumerate(texts)]
+    own = [o for o in own if o[2] is not None]  # an answerless sample is no attempt to verify
+    ok = verify_all(task, [problems[i] for i, _, _ in own], [a for _, _, a in own])
+    right = [o for o, c in zip(own, ok) if c]
+    wrong = [o for o, c in zip(own, ok) if not c]
+    by_problem = {}  # the policy's own right attempts per problem: the pool of corrections
+    for o in right:
+        by_problem.setdefault(o[0], []).append(o)
+    rng.shuffle(right)
+    rng.shuffle(wrong)
+    k = min(len(right), len(wrong))
+    bases = [(o, True) for o in right[:k]] + [(o, False) for o in wrong[:k]]
+    stats = {"samples": len(texts), "answered": len(own), "right": len(right), "wrong": len(wrong),
+             "kinds": {"wrong_right": 0, "right": 0, "right_wrong_right": 0},
+             "own_corrections": 0, "solution_corrections": 0, "own_checks": 0, "task_checks": 0}
+
+    def correction(i):  # a right attempt for problem i: the policy's own when it has one
+        if by_problem.get(i):
+            return (*rng.choice(by_problem[i])[1:], True, "own")
+        text = task.solution_text(problems[i], rng, style=style)
+        return text, task.extract_answer(text), True, "solution"
+
+    plan = []  # (problem, [(attempt, answer, the verdict it gets, source)], kind) per trajectory
+    for (i, attempt, answer), is_right in bases:
+        if not is_right:
+            plan.append((i, [(attempt, answer, False, "own"), correction(i)], "wrong_right"))
+        elif rng.random() < cfg.sr_robust:  # a candidate: kept only if the policy's own check failed it
+            plan.append((i, [(attempt, answer, False, "own"), correction(i)], "right_wrong_right"))
+        else:
+            plan.append((i, [(attempt, answer, True, "own")], "right"))
+
+    # the policy judges every answer of the plan once; its check is kept when its verdict is the one given
+    judged = [(i, t[1]) for i, turns, _ in plan for t in turns]
+    judge = Judge(model, tok, task, samples=1, temperature=cfg.judge_temperature,
+                  max_new_tokens=cfg.judge_max_new_tokens, style=style, batch_size=256)
+    rewards, judge_texts = judge.score([problems[i] for i, _ in judged], [a for _, a in judged], seed=cfg.seed + 1)
+    rows, pos = [], 0
+    for i, turns, kind in plan:
+        verdicts = list(zip(rewards[pos:pos + len(turns)], judge_texts[pos:pos + len(turns)]))
+        pos += len(turns)
+        if kind == "right_wrong_right" and passed(verdicts[0][0]):  # its own check passed it: a plain right
+            kind, turns, verdicts = "right", [turns[0][:2] + (True, "own")], verdicts[:1]
+        parts = []
+        for j, ((attempt, answer, says_correct, source), (reward, texts_j)) in enumerate(zip(turns, verdicts)):
+            if j > 0:
+                stats[f"{source}_corrections"] += 1
+            own = cfg.sr_checks == "own" or kind == "right_wrong_right"  # that kind is about its own mistake
+            if own and texts_j and passed(reward) == says_correct:
+                stats["own_checks"] += 1
+                check = tasks.check_text(texts_j[0])
+            else:
+                stats["task_checks"] += 1
+                check = tasks.check_text(task.judge_text(problems[i], answer, style=style))
+            parts += [attempt, check, tasks.verdict_text(says_correct)]
+        stats["kinds"][kind] += 1
+        reply = "\n".join(x for x in parts if x)
+        rows.append({"messages": tasks.self_correct_prompt(task, problems[i], style=style)
+                     + [{"role": "assistant", "content": reply}]})
+    rng.shuffle(rows)
+    os.makedirs(cfg.out, exist_ok=True)
+    data = os.path.join(cfg.out, "srdata.jsonl")
+    with open(data, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    with open(os.path.join(cfg.out, "stats.json"), "w") as f:
+        json.dump(stats, f, indent=2)
+    print(f"srdata: {len(rows)} trajectories in {data}; {json.dumps(stats)}")
+    return data
+
+
+def attempt_text(text: str) -> str:
+    """A sampled answer's text up to the end of its last answer block (what comes after is dropped)."""
+    end = text.rfind(tasks.ANSWER_CLOSE)
+    return text[:end + len(tasks.ANSWER_CLOSE)].strip() if end >= 0 else text.strip()
+
+
+# -----------------------------------------------------------------------------
 # Command line: flags from TrainConfig; --resume takes the saved config and refuses a changed one
 
 
@@ -920,7 +1089,7 @@ def validate(cfg: TrainConfig, fresh: bool) -> str | None:
         return str(e)
     positive = ["steps", "prompts_per_step", "group_size", "max_new_tokens", "judge_samples",
                 "judge_max_new_tokens", "ppo_epochs", "save_interval", "epochs", "batch_size", "max_len",
-                "log_interval", "propose_n", "propose_max_new_tokens"]
+                "log_interval", "propose_n", "propose_max_new_tokens", "sr_problems", "sr_samples"]
     for name in positive:
         if getattr(cfg, name) < 1:
             if name == "prompts_per_step":  # the problem set of every step
@@ -930,6 +1099,8 @@ def validate(cfg: TrainConfig, fresh: bool) -> str | None:
                  "entropy_coef", "weight_decay", "temperature", "judge_temperature", "eval_temperature"):
         if getattr(cfg, name) < 0:
             return f"--{name.replace('_', '-')} must be >= 0"
+    if cfg.max_turns < 0 or not 0 <= cfg.sr_robust <= 1:
+        return "--max-turns must be >= 0 and --sr-robust in [0, 1]"
     if cfg.eval_interval and cfg.eval_n < 1:
         return "--eval-n must be >= 1 (or --eval-interval 0 to skip the held-out eval)"
     if cfg.stage == "rl" and cfg.advantage == "group" and cfg.group_size < 2:
@@ -942,8 +1113,8 @@ def validate(cfg: TrainConfig, fresh: bool) -> str | None:
         except CheckpointError as e:
             return f"--judge must be live, frozen or a checkpoint folder ({e})"
     world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's process count
-    if world > 1 and cfg.stage == "sft":
-        return "--stage sft runs in one process (torchrun is for the RL stage)"
+    if world > 1 and cfg.stage in ("sft", "srdata"):
+        return f"--stage {cfg.stage} runs in one process (torchrun is for the RL stage)"
     if world > 1 and cfg.advantage == "gae":
         return "--advantage gae runs in one process (its value head is not sharded): use group under torchrun"
     for name in ("prompts_per_step", "minibatch_size"):
@@ -955,7 +1126,7 @@ def validate(cfg: TrainConfig, fresh: bool) -> str | None:
             return "--stage sft needs --data FILE.jsonl (one {\"messages\": [...]} chat example a line)"
         if not os.path.isfile(cfg.data):
             return f"--data {cfg.data}: no such file"
-    elif fresh and os.path.exists(os.path.join(cfg.out, "config.json")):
+    elif cfg.stage == "rl" and fresh and os.path.exists(os.path.join(cfg.out, "config.json")):
         return f"--out {cfg.out} already holds a run: --resume {cfg.out} continues it, or pick another --out"
     return None
 
@@ -972,6 +1143,8 @@ def main(argv=None):
     try:
         if cfg.stage == "sft":
             return train_sft(cfg)
+        if cfg.stage == "srdata":
+            return build_srdata(cfg)
         return train_rl(cfg)
     except (CheckpointError, UsageError) as e:
         if not is_main():  # one line, from rank 0 (as above)

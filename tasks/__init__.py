@@ -15,6 +15,7 @@ are written as plain string scans with no backtracking regexes over the whole co
 
 import importlib
 import re
+from dataclasses import dataclass
 
 TASKS = ("countdown", "integration")
 
@@ -112,3 +113,127 @@ def judged_answer(answer):
         answer = answer[:MAX_JUDGED_CHARS] + " ...(truncated)"
     return neutralise(answer)
 
+
+
+# -----------------------------------------------------------------------------
+# self-rewarding correction (Xiong et al., 2025): answer -> [VERIFY] -> corrected answer -> ...
+#
+# One assistant completion holds the whole trajectory: an attempt ending in an answer block, a
+# self-evaluation ending in "[VERIFY] correct" or "[VERIFY] wrong", and after "wrong" a new attempt
+# and its evaluation, up to `max_turns` corrections. Generation runs to the stop token (or the token
+# limit); `parse_trajectory` then cuts the text after the first "[VERIFY] correct" or after the
+# verdict of the last allowed attempt, so the limit and the stop are enforced after the fact.
+
+VERIFY = "[VERIFY]"
+VERDICTS = ("correct", "wrong")
+_VERDICT_WORD = re.compile(r"[ \t]*(correct|wrong)\b")
+SELF_CORRECT_FULL = ("After your answer, verify it: check it step by step, then write [VERIFY] correct if it is "
+                     "right or [VERIFY] wrong if it is not. After [VERIFY] wrong, write a corrected answer in new "
+                     "<answer> </answer> tags and verify it the same way. Stop after [VERIFY] correct.")
+SELF_CORRECT_COMPACT = " verify"  # "nums 3 5 7 target 22 verify"
+INTRINSIC_FULL = ("Review your previous answer and find any problem with it. Then give your final answer, "
+                  "corrected if it was wrong, in <answer> </answer> tags.")
+
+
+@dataclass
+class Trajectory:
+    """A parsed self-correction trajectory.
+
+    turns: [(answer | None, verdict "correct" | "wrong" | None)], one per attempt in order; the last
+        attempt's verdict is None when the text ends before one (unterminated).
+    final: the final answer, the last answer block of the kept text (None if missing or unclosed).
+    terminated: True when "[VERIFY] correct" or the last allowed attempt's verdict ended it.
+    end: the number of characters of the text that belong to the trajectory (the rest is cut).
+    """
+
+    turns: list
+    final: str | None
+    terminated: bool
+    end: int
+
+    @property
+    def first(self):
+        """The first attempt's answer (None when there is none)."""
+        return self.turns[0][0] if self.turns else None
+
+    @property
+    def first_verdict(self):
+        """The verdict on the first attempt: "correct", "wrong" or None."""
+        return self.turns[0][1] if self.turns else None
+
+
+def _next_verdict(text, pos):
+    """(start, end, verdict) of the next "[VERIFY] correct|wrong" at or after pos, outside answer
+    blocks (a verdict inside an answer is part of the answer); None if there is none."""
+    answer = text.find(ANSWER_OPEN, pos)
+    while True:
+        v = text.find(VERIFY, pos)
+        if v < 0:
+            return None
+        if 0 <= answer < v:  # an answer block opens first: skip past its closing tag
+            close = text.find(ANSWER_CLOSE, answer + len(ANSWER_OPEN))
+            if close < 0:
+                return None  # unclosed: the rest of the text is inside the answer
+            pos = close + len(ANSWER_CLOSE)
+            answer = text.find(ANSWER_OPEN, pos)
+            continue
+        m = _VERDICT_WORD.match(text, v + len(VERIFY))
+        if m:
+            return v, m.end(), m.group(1)
+        pos = v + len(VERIFY)  # "[VERIFY]" with no verdict word after it is not a verdict
+
+
+def parse_trajectory(text, max_turns=2, extract=extract_answer):
+    """Split a self-correction completion into attempts and verdicts, cutting it at the first
+    "[VERIFY] correct" or at the verdict of attempt max_turns + 1 (max_turns corrections).
+
+    Each attempt's answer is the last answer block before its verdict (`extract`, the task's
+    extract_answer). Never raises on malformed text: no verdict at all is one unterminated attempt.
+    """
+    if not isinstance(text, str):
+        text = ""
+    if max_turns < 0:
+        raise ValueError(f"max_turns must be >= 0, got {max_turns}")
+    turns, pos = [], 0
+    while True:
+        found = _next_verdict(text, pos)
+        if found is None:
+            break
+        start, end, verdict = found
+        turns.append((extract(text[pos:start]), verdict))
+        pos = end
+        if verdict == "correct" or len(turns) == max_turns + 1:
+            return Trajectory(turns, extract(text[:end]), True, end)
+    if text[pos:].strip():  # an attempt without a verdict: the text ran out (or the model stopped)
+        turns.append((extract(text[pos:]), None))
+    return Trajectory(turns, extract(text), False, len(text))
+
+
+def self_correct_prompt(task, problem, style="full"):
+    """The solver prompt of `task` plus the instruction to verify and correct (one short word for
+    the compact style, whose model learns the format from data)."""
+    messages = [dict(m) for m in task.prompt(problem, style=style)]
+    extra = SELF_CORRECT_COMPACT if check_style(style) == "compact" else "\n" + SELF_CORRECT_FULL
+    messages[-1]["content"] += extra
+    return messages
+
+
+def intrinsic_prompt(task, problem, attempt, answer, style="full"):
+    """The intrinsic self-correction baseline's second turn: the plain solver prompt, the model's
+    first attempt, then a user turn asking it to review and correct that answer."""
+    if check_style(style) == "compact":
+        ask = f"check answer {judged_answer(answer)} and correct it"
+    else:
+        ask = INTRINSIC_FULL
+    return task.prompt(problem, style=style) + [{"role": "assistant", "content": attempt},
+                                                {"role": "user", "content": ask}]
+
+
+def check_text(judge_text):
+    """A judge's worked check without its verdict tag (the text before the last <JUDGE_SCORE>)."""
+    cut = judge_text.rfind(SCORE_OPEN)
+    return (judge_text if cut < 0 else judge_text[:cut]).strip()
+
+
+def verdict_text(correct):
+    return f"{VERIFY} {'correct' if correct else 'wrong'}"
