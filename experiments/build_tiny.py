@@ -68,8 +68,8 @@ def stage1_examples(task, problems, rng, propose_fraction=0.1):
     return out
 
 
-def own_sample_examples(task, model, tok, problems, rng, samples, seed):
-    """Judge examples on the model's own answers (balanced right/wrong) plus fresh solutions."""
+def own_sample_examples(task, model, tok, problems, rng, samples, seed, solutions=True):
+    """Judge examples on the model's own answers (balanced right/wrong), plus fresh solutions."""
     prompts = [tok.encode_chat(task.prompt(p, style=STYLE)) for p in problems]
     right, wrong = [], []
     for start in range(0, len(prompts), 256):
@@ -93,7 +93,8 @@ def own_sample_examples(task, model, tok, problems, rng, samples, seed):
         answer = task.extract_answer(task.solution_text(p, rng, style=STYLE)) if pool is wrong else task.near_miss(p, rng)
         judged.append((p, answer))
     out = [chat_line(task.judge_prompt(p, a, style=STYLE), task.judge_text(p, a, style=STYLE)) for p, a in judged]
-    out += [chat_line(task.prompt(p, style=STYLE), task.solution_text(p, rng, style=STYLE)) for p in problems]
+    if solutions:
+        out += [chat_line(task.prompt(p, style=STYLE), task.solution_text(p, rng, style=STYLE)) for p in problems]
     rng.shuffle(out)
     return out, {"own_right": len(right), "own_wrong": len(wrong), "judge_examples": len(judged)}
 
@@ -111,7 +112,7 @@ def main():
     ap.add_argument("--work", default="", help="scratch folder (default: OUT.work, removed at the end)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--problems", type=int, default=16000, help="stage-1 training problems")
-    ap.add_argument("--rounds", type=int, default=1, help="rounds of judge training on the model's own samples")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of judge training on the model's own samples")
     ap.add_argument("--round-problems", type=int, default=3000, help="problems the model solves in each round")
     ap.add_argument("--round-samples", type=int, default=2, help="own samples per problem in each round")
     ap.add_argument("--vocab", type=int, default=512, help="tokenizer vocabulary size")
@@ -188,7 +189,10 @@ def build_rounds(args, task, problems, rng, work, t0, prev, tok, meta):
         else:  # its own rng, so --continue-from gives the same round
             round_rng = random.Random(args.seed * 7919 + r)
             mine = round_rng.sample(problems, args.round_problems)
-        rows2, own = own_sample_examples(task, model, tok, mine, round_rng, args.round_samples, args.seed + 1000 * r)
+        # solutions only in round 2: later rounds train the judge alone. With solutions there too the
+        # solver reached 55% greedy and RL, even with the verifier's reward, had almost no room left
+        rows2, own = own_sample_examples(task, model, tok, mine, round_rng, args.round_samples, args.seed + 1000 * r,
+                                         solutions=r == 0)
         own_stats.append(own)
         data = os.path.join(work, f"sft{r + 2}.jsonl")
         write_jsonl(data, rows2)

@@ -20,12 +20,14 @@ def test_shipped_model_solves_imperfectly_and_judges(tmp_path):
     assert meta["task"] == "countdown" and meta["prompt_style"] == "compact"
     task = tasks.get("countdown")
     problems = task.make_problems(100, seed=0, split="test", **meta["difficulty"])
-    judge = Judge(model, tok, task, samples=1, temperature=1.0, max_new_tokens=96, style="compact")
-    r = evaluate(model, tok, task, problems, samples=1, temperature=0.0, max_new_tokens=64, style="compact",
-                 seed=0, judge=judge)
+    judge = Judge(model, tok, task, samples=1, temperature=0.0, max_new_tokens=96, style="compact")  # as in RL
+    r = evaluate(model, tok, task, problems, samples=1, temperature=1.0, max_new_tokens=64, style="compact",
+                 seed=0, judge=judge)  # the judge on its own T=1 samples, as in RL
+    greedy = evaluate(model, tok, task, problems, samples=1, temperature=0.0, max_new_tokens=64, style="compact")
     assert r["format_rate"] > 0.95
-    assert 0.15 <= r["mean@1"] <= 0.50  # README: ~33% greedy on held-out problems
-    assert r["judge_accuracy"] >= 0.6 and r["judge_precision"] >= 0.4  # README: 81%, precision 0.69
+    assert 0.12 <= r["mean@1"] <= 0.40  # README: 22.7% at T=1 on 300 held-out problems
+    assert 0.15 <= greedy["mean@1"] <= 0.50  # README: 30.3% greedy
+    assert r["judge_accuracy"] >= 0.8 and r["judge_precision"] >= 0.65 and r["judge_recall"] >= 0.7  # README: 93%, 0.82, 0.91
 
 
 def test_bootstrap_pipeline_runs_end_to_end(tmp_path):
