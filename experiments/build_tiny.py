@@ -194,6 +194,9 @@ def build_rounds(args, task, problems, rng, work, t0, prev, tok, meta):
         rows2, own = own_sample_examples(task, model, tok, mine, round_rng, args.round_samples, args.seed + 1000 * r,
                                          solutions=r == 0)
         own_stats.append(own)
+        if not rows2:  # a model that answers nothing (a --quick build) gives nothing to learn from
+            print(f"[{time.time() - t0:.0f}s] round {r + 2}: no answers to judge, skipped")
+            continue
         data = os.path.join(work, f"sft{r + 2}.jsonl")
         write_jsonl(data, rows2)
         print(f"[{time.time() - t0:.0f}s] round {r + 2}: {own}")
@@ -201,7 +204,7 @@ def build_rounds(args, task, problems, rng, work, t0, prev, tok, meta):
         train_sft(TrainConfig(stage="sft", model=prev, data=data, out=dest, epochs=1, lr=args.lr / 3,
                               batch_size=64, warmup=20, seed=args.seed + 1 + r, device="cpu", max_len=256))
         prev = dest
-    if args.rounds <= first:
+    if os.path.abspath(prev) != os.path.abspath(args.out):  # no round wrote the output folder
         shutil.copytree(prev, args.out, dirs_exist_ok=True)
 
     # 5. measure and record
