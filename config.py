@@ -1,0 +1,345 @@
+"""config.py — every setting of a run, declared once, and the one path from defaults to a run's config.
+
+    cfg = make_config(TrainConfig, task="countdown", steps=50)      # what experiments do
+    cfg = config_from_flags(TrainConfig, sys.argv[1:], prog="train.py")  # what train.py / sft.py do
+
+A run's config is, field by field: the dataclass default < the model folder's nano_rlsr.json
+("prompt_style", and "train_defaults": {field: value} for RL settings that suit that model, e.g.
+the tiny model's lr) < the values given (flags, or keyword arguments). `--help` is rendered from
+the same fields and says which value the default run takes. `--resume DIR` takes DIR/config.json
+and refuses a flag that would change it (only RUN_FIELDS may).
+
+Scopes: batch sizes count rollouts; --prompts-per-step and --minibatch-size are global (split over
+torchrun ranks), --micro-batch-size is per rank (it bounds one forward's memory).
+"""
+
+import argparse
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_MODEL = os.path.join(ROOT, "assets", "tiny-countdown")  # the embedded tiny model
+
+
+class UsageError(Exception):
+    """Bad input found after parsing (a data file, an output folder, a flag value): printed as one line."""
+
+
+def setting(default, help: str, choices=None, metavar=None):
+    """A config field with its --help text (and its allowed values)."""
+    return field(default=default, metadata=dict(help=help, choices=choices, metavar=metavar))
+
+
+# -----------------------------------------------------------------------------
+# The RL run (train.py)
+
+
+@dataclass
+class TrainConfig:
+    # run
+    task: str = setting("countdown", "task: a module in tasks/", metavar="NAME")
+    model: str = setting(DEFAULT_MODEL, "starting model folder", metavar="DIR")
+    out: str = setting("", "output folder (default: runs/<task>-rl-<date>-<time>)", metavar="DIR")
+    resume: str = setting("", "continue the run saved in this folder (flags not given are taken from it)",
+                          metavar="DIR")
+    steps: int = setting(200, "RL steps: one batch of rollouts and one PPO update each")
+    seed: int = setting(0, "seed of the problems, the sampling and the update order")
+    device: str = setting("auto", "auto (cuda:0 when available, else cpu), cpu, cuda, cuda:N", metavar="DEVICE")
+    dtype: str = setting("auto", "compute dtype: bf16 (fp32 master weights and optimizer) or fp32; auto: bf16 on CUDA",
+                         choices=("auto", "bf16", "fp32"))
+    prompt_style: str = setting("full", "prompt style of the task's prompts", metavar="STYLE")
+    # problems and rollouts
+    problems: str = setting("task", "task: the task's generator; self: the policy proposes them",
+                            choices=("task", "self"))
+    prompts_per_step: int = setting(8, "problems per step, global (split over torchrun ranks)")
+    group_size: int = setting(8, "rollouts per problem (G)")
+    temperature: float = setting(1.0, "rollout sampling temperature (PPO's ratios use the same)")
+    top_p: float = setting(1.0, "rollout nucleus sampling")
+    max_new_tokens: int = setting(256, "longest rollout, in tokens")
+    propose_n: int = setting(16, "--problems self: proposals sampled per step")
+    propose_examples: int = setting(3, "--problems self: example problems shown in the propose prompt")
+    propose_max_new_tokens: int = setting(128, "--problems self: longest proposal, in tokens")
+    # rewards
+    reward: str = setting("self", "self: the policy judges its own answers (RLSR); verifier: the formal checker",
+                          choices=("self", "verifier"))
+    judge: str = setting("live", "live: the current policy; frozen: the initial model; or a model folder",
+                         metavar="MODE|DIR")
+    judge_samples: int = setting(1, "verdicts averaged per judged answer")
+    judge_temperature: float = setting(1.0, "judge sampling temperature (0: greedy)")
+    judge_max_new_tokens: int = setting(256, "longest judge output, in tokens")
+    # PPO
+    lr: float = setting(1e-6, "peak learning rate (AdamW)")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    ppo_epochs: int = setting(1, "PPO passes over each batch of rollouts")
+    minibatch_size: int = setting(0, "rollouts per optimizer step, global (0: the whole batch)")
+    micro_batch_size: int = setting(0, "rollouts per forward/backward on each rank, gradients accumulated "
+                                       "(0: the rank's share of the minibatch)")
+    clip_eps: float = setting(0.2, "PPO ratio clip range [1 - eps, 1 + eps]")
+    dual_clip: float = setting(0.0, "dual-clip constant c > 1 bounding negative-advantage losses (0: off)")
+    kl_coef: float = setting(0.001, "k3 KL penalty to the initial model (0: no reference copy)")
+    entropy_coef: float = setting(0.0, "entropy bonus")
+    max_grad_norm: float = setting(1.0, "clip the gradient norm before each optimizer step")
+    advantage: str = setting("group", "group: GRPO, RLSR's choice; gae: a value head (classic PPO)",
+                             choices=("group", "gae"))
+    scale_std: bool = setting(True, "group advantages divided by the group's std (off: Dr. GRPO)")
+    gamma: float = setting(1.0, "gae: discount")
+    lam: float = setting(1.0, "gae: lambda")
+    vf_coef: float = setting(0.5, "gae: weight of the value loss")
+    value_clip: float = setting(0.2, "gae: clip each value's change per update to +-this (0: unclipped)")
+    whiten_gae: bool = setting(True, "gae: normalise advantages over the batch's response tokens")
+    recompute_old_logp: bool = setting(True, "behaviour log-probs from the trainer's own forward, not the sampler's")
+    # eval, logs, checkpoints
+    eval_interval: int = setting(20, "held-out eval every this many steps, at the start and the end (0: never)")
+    eval_n: int = setting(64, "held-out (test split) problems")
+    eval_temperature: float = setting(0.0, "held-out sampling temperature (0: greedy)")
+    save_interval: int = setting(20, "checkpoint every this many steps and at the end")
+    progress: bool = setting(True, "show a progress bar")
+    # memory and scale-out (one process, or torchrun --nproc_per_node N train.py ...)
+    grad_ckpt: str = setting("off", "activation checkpointing: off, or layer (backward recomputes each decoder layer)",
+                             choices=("off", "layer"))
+    ref_placement: str = setting("shard", "KL reference and frozen judge: shard (on the device), cpu (moved in "
+                                          "per pass)", choices=("shard", "cpu"))
+    compile: bool = setting(False, "torch.compile the decode step of rollouts, proposals and the judge")
+    # self-rewarding correction (answer -> [VERIFY] -> correction; see experiments/self_correct.py)
+    self_correct: bool = setting(False, "rollouts are [VERIFY] trajectories, rewarded on their final answer only")
+    max_turns: int = setting(2, "self-correction: corrections allowed after the first answer")
+
+
+# the only fields a --resume may change: how long to run and what to log
+RUN_FIELDS = ("steps", "resume", "out", "eval_interval", "save_interval", "progress")
+
+
+# -----------------------------------------------------------------------------
+# Supervised fine-tuning (sft.py)
+
+
+@dataclass
+class SFTConfig:
+    # run
+    model: str = setting(DEFAULT_MODEL, "starting model folder", metavar="DIR")
+    data: str = setting("", "JSONL file, one {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} a line",
+                        metavar="FILE")
+    out: str = setting("", "output model folder (default: runs/sft-<date>-<time>)", metavar="DIR")
+    seed: int = setting(0, "seed of the batch order")
+    device: str = setting("auto", "auto (cuda:0 when available, else cpu), cpu, cuda, cuda:N", metavar="DEVICE")
+    dtype: str = setting("auto", "compute dtype: bf16 (fp32 master weights and optimizer) or fp32; auto: bf16 on CUDA",
+                         choices=("auto", "bf16", "fp32"))
+    prompt_style: str = setting("full", "prompt style recorded in the output folder", metavar="STYLE")
+    # optimisation
+    epochs: int = setting(1, "passes over the data")
+    batch_size: int = setting(32, "examples per optimizer step (bucketed by length)")
+    max_len: int = setting(512, "longest example in tokens (longer ones are skipped)")
+    lr: float = setting(3e-4, "peak learning rate (AdamW)")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    warmup: int = setting(100, "linear warmup steps, then cosine decay to 10% of --lr")
+    max_grad_norm: float = setting(1.0, "clip the gradient norm before each optimizer step")
+    # logs
+    log_interval: int = setting(50, "optimizer steps per log line")
+    progress: bool = setting(True, "show a progress bar")
+
+
+# -----------------------------------------------------------------------------
+# Defaults < the model folder < what is given
+
+
+def folder_defaults(cls, model: str) -> dict:
+    """The settings a model folder asks for: its prompt style, and for RL its "train_defaults"."""
+    from checkpoint import read_meta  # (checkpoint imports torch; config alone stays light)
+    meta = read_meta(model)
+    names = {f.name for f in fields(cls)} - {"model", "out", "resume"}
+    out = {k: v for k, v in (meta.get("train_defaults") or {}).items() if k in names} if cls is TrainConfig else {}
+    if "prompt_style" in meta:
+        out["prompt_style"] = meta["prompt_style"]
+    return out
+
+
+def make_config(cls, **given):
+    """The run's config: cls defaults < the model folder's defaults < given. UsageError when it is wrong."""
+    from checkpoint import check_model_dir
+    from model import CheckpointError
+    unknown = set(given) - {f.name for f in fields(cls)}
+    if unknown:
+        raise UsageError(f"unknown setting(s) {sorted(unknown)} for {cls.__name__}")
+    model = given.get("model", DEFAULT_MODEL)
+    try:
+        check_model_dir(model)
+        defaults = folder_defaults(cls, model)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    cfg = cls(**{**defaults, **given})
+    if not cfg.out:
+        what = f"{cfg.task}-rl" if cls is TrainConfig else "sft"
+        cfg.out = os.path.join("runs", f"{what}-{time.strftime('%Y%m%d-%H%M%S')}")
+    problem = validate(cfg, fresh=True)
+    if problem:
+        raise UsageError(problem)
+    return cfg
+
+
+def validate(cfg, fresh: bool) -> str | None:
+    """The first thing wrong with a config, as one line (None when it is fine)."""
+    import tasks
+    from distributed import pick_device
+    try:
+        pick_device(cfg.device)
+        if isinstance(cfg, TrainConfig):
+            tasks.get(cfg.task)
+    except ValueError as e:
+        return str(e)
+    for f in fields(cfg):
+        choices = f.metadata.get("choices")
+        if choices and getattr(cfg, f.name) not in choices:
+            return f"--{flag(f.name)} {getattr(cfg, f.name)!r}: choose from {', '.join(choices)}"
+    if isinstance(cfg, SFTConfig):
+        positive = ["epochs", "batch_size", "max_len", "log_interval"]
+        nonnegative = ["warmup", "weight_decay"]
+    else:
+        positive = ["steps", "prompts_per_step", "group_size", "max_new_tokens", "judge_samples",
+                    "judge_max_new_tokens", "ppo_epochs", "save_interval", "propose_n", "propose_max_new_tokens"]
+        nonnegative = ["eval_interval", "minibatch_size", "micro_batch_size", "propose_examples", "kl_coef",
+                       "entropy_coef", "weight_decay", "temperature", "judge_temperature", "eval_temperature",
+                       "max_turns", "dual_clip", "value_clip"]
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            if name == "prompts_per_step":  # the problem set of every step
+                return "--prompts-per-step must be >= 1 (an empty problem set has nothing to train on)"
+            return f"--{flag(name)} must be >= 1"
+    for name in nonnegative:
+        if getattr(cfg, name) < 0:
+            return f"--{flag(name)} must be >= 0"
+    if cfg.lr <= 0:
+        return "--lr must be > 0"
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's process count
+    if isinstance(cfg, SFTConfig):
+        if world > 1:
+            return "sft.py runs in one process (torchrun is for train.py)"
+        if not cfg.data:
+            return "sft.py needs --data FILE.jsonl (one {\"messages\": [...]} chat example a line)"
+        if not os.path.isfile(cfg.data):
+            return f"--data {cfg.data}: no such file"
+        return None
+    if cfg.eval_interval and cfg.eval_n < 1:
+        return "--eval-n must be >= 1 (or --eval-interval 0 to skip the held-out eval)"
+    if cfg.advantage == "group" and cfg.group_size < 2:
+        return "--group-size must be >= 2 for group advantages (one sample has no group to compare with)"
+    if cfg.temperature == 0 or not 0 < cfg.top_p <= 1:
+        return "--temperature must be > 0 for rollouts, --top-p in (0, 1]"
+    if cfg.dual_clip and cfg.dual_clip <= 1:
+        return "--dual-clip must be > 1 (or 0: off)"
+    if cfg.judge not in ("live", "frozen"):
+        from checkpoint import check_model_dir
+        from model import CheckpointError
+        try:
+            check_model_dir(cfg.judge)
+        except CheckpointError as e:
+            return f"--judge must be live, frozen or a model folder ({e})"
+    if world > 1 and cfg.advantage == "gae":
+        return "--advantage gae runs in one process (its value head is not sharded): use group under torchrun"
+    for name in ("prompts_per_step", "minibatch_size"):
+        if world > 1 and getattr(cfg, name) % world:
+            return (f"--{flag(name)} {getattr(cfg, name)} must be a multiple of the {world} torchrun "
+                    f"processes (each rank takes an equal share)")
+    if fresh and os.path.exists(os.path.join(cfg.out, "config.json")):
+        return f"--out {cfg.out} already holds a run: --resume {cfg.out} continues it, or pick another --out"
+    return None
+
+
+# -----------------------------------------------------------------------------
+# Command line: one flag per field
+
+
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (the full usage is what --help is for)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def default_note(f, folder: dict) -> str:
+    """What --help says a field takes in the default run (no flags)."""
+    shown = {"model": os.path.relpath(DEFAULT_MODEL, ROOT)}.get(f.name, f.default)
+    if f.name in folder and folder[f.name] != f.default:
+        return f"default: {folder[f.name]} from the model folder, else {shown}"
+    return f"default: {shown}" if shown != "" else ""
+
+
+def build_parser(cls, prog: str, description: str = "", epilog: str = "") -> Parser:
+    parser = Parser(prog=prog, description=description, epilog=epilog,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    try:
+        folder = folder_defaults(cls, DEFAULT_MODEL)
+    except Exception:  # the default model folder missing or broken: help still prints (without its values)
+        folder = {}
+    group = parser
+    for f in fields(cls):
+        if f.name in SECTION_STARTS:
+            group = parser.add_argument_group(SECTION_STARTS[f.name])
+        note = default_note(f, folder)
+        text = f.metadata["help"] + (f" ({note})" if note and "default" not in f.metadata["help"] else "")
+        kw = dict(default=argparse.SUPPRESS, help=text.replace("%", "%%"))
+        if isinstance(f.default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw.update(type=type(f.default), choices=f.metadata["choices"],
+                      metavar=None if f.metadata["choices"] else f.metadata["metavar"] or
+                      {int: "N", float: "X"}.get(type(f.default), "STR"))
+        group.add_argument("--" + flag(f.name), **kw)
+    return parser
+
+
+SECTION_STARTS = {  # field -> the --help heading of the section it opens
+    "task": "run", "problems": "problems and rollouts", "reward": "rewards", "lr": "PPO",
+    "eval_interval": "eval, logs, checkpoints", "grad_ckpt": "memory and scale-out",
+    "self_correct": "self-rewarding correction", "epochs": "optimisation", "log_interval": "logs",
+}
+
+
+def normalise(name, value):
+    """Paths become absolute, so a run resumed from another folder compares equal."""
+    if name in ("model", "data") and value:
+        return os.path.abspath(value)
+    if name == "judge" and value not in ("live", "frozen"):
+        return os.path.abspath(value)
+    return value
+
+
+def config_from_flags(cls, argv, prog: str, description: str = "", epilog: str = ""):
+    """Flags -> the run's config (make_config's path); --resume DIR -> DIR's saved config. A bad flag
+    exits with one line."""
+    import json
+    parser = build_parser(cls, prog, description, epilog)
+    given = {k: normalise(k, v) for k, v in vars(parser.parse_args(argv)).items()}  # only flags on the line
+    if not given.get("resume"):
+        try:
+            return make_config(cls, **given)
+        except UsageError as e:
+            parser.error(str(e))
+    out = given["resume"]
+    saved_file = os.path.join(out, "config.json")
+    if not os.path.exists(saved_file):
+        parser.error(f"--resume {out}: no config.json there (not a train.py output folder)")
+    with open(saved_file) as f:
+        saved = json.load(f)
+    if "out" in given and os.path.abspath(given["out"]) != os.path.abspath(out):
+        parser.error("--resume OUT continues in OUT: leave --out out (or give the same folder)")
+    for k, v in given.items():
+        if k not in RUN_FIELDS and saved.get(k) != v:
+            parser.error(f"--resume {out}: the saved run has --{flag(k)} {saved.get(k)!r}, not {v!r} "
+                         f"(only {', '.join('--' + flag(f) for f in RUN_FIELDS)} may change on resume)")
+    unknown = set(saved) - {f.name for f in fields(cls)}
+    if unknown:
+        parser.error(f"--resume {out}: config.json has unknown fields {sorted(unknown)} (another version?)")
+    cfg = cls(**{**saved, **given, "out": out})
+    problem = validate(cfg, fresh=False)
+    if problem:
+        parser.error(problem)
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return asdict(cfg)
