@@ -16,7 +16,7 @@ torchrun ranks), --micro-batch-size is per rank (it bounds one forward's memory)
 import argparse
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MODEL = os.path.join(ROOT, "assets", "tiny-countdown")  # the embedded tiny model
@@ -73,7 +73,7 @@ class TrainConfig:
     weight_decay: float = setting(0.0, "AdamW weight decay")
     ppo_epochs: int = setting(1, "PPO passes over each batch of rollouts")
     minibatch_size: int = setting(0, "rollouts per optimizer step, global (0: the whole batch)")
-    micro_batch_size: int = setting(0, "rollouts per forward/backward on each rank, gradients accumulated "
+    micro_batch_size: int = setting(0, "rollouts per forward/backward, per rank, gradients accumulated "
                                        "(0: the rank's share of the minibatch)")
     clip_eps: float = setting(0.2, "PPO ratio clip range [1 - eps, 1 + eps]")
     dual_clip: float = setting(0.0, "dual-clip constant c > 1 bounding negative-advantage losses (0: off)")
@@ -339,7 +339,3 @@ def config_from_flags(cls, argv, prog: str, description: str = "", epilog: str =
     if problem:
         parser.error(problem)
     return cfg
-
-
-def to_dict(cfg) -> dict:
-    return asdict(cfg)

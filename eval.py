@@ -16,78 +16,26 @@ each metric): per problem one trajectory, answer -> [VERIFY] correct|wrong -> co
 turn-1 and final accuracy, their difference, the wrong->right and right->wrong fractions, and how
 often the model's own verdict on its first answer is right. --intrinsic: the untrained baseline.
 
-Also home of the checkpoint helpers train.py shares: `load_checkpoint`, `read_meta`, `DEFAULT_MODEL`.
+train.py's held-out eval calls `evaluate` / `evaluate_self_correct`; `verify_all` is the one way
+the formal verifier is called on a batch.
 """
 
-import os
+import quiet_threads  # noqa: F401  (first: OpenMP reads its settings when torch loads)
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep, not spin: 4-60x faster on a busy CPU
-
-import argparse  # noqa: E402  (the line above must run before torch loads OpenMP)
+import argparse
 import json
+import os
 import sys
 
 import torch
 
 import sample
 import tasks
+from checkpoint import load_checkpoint, read_meta
+from config import DEFAULT_MODEL, Parser
+from distributed import pick_device
 from judge import Judge, agreement, decode_completion, passed
-from model import CheckpointError, Qwen, QwenConfig, Tokenizer
-
-# the embedded tiny model (built by the README's bootstrap command); used when no --model is given
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny-countdown")
-META_FILE = "nano_rlsr.json"  # optional, in a model folder: {"prompt_style": ..., "task": ...}
-
-
-# -----------------------------------------------------------------------------
-# Checkpoint folders
-
-
-def read_meta(path: str) -> dict:
-    """The folder's nano_rlsr.json ({} when absent)."""
-    file = os.path.join(path, META_FILE)
-    if not os.path.exists(file):
-        return {}
-    try:
-        with open(file) as f:
-            meta = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{file}: invalid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{file}: expected a JSON object")
-    return meta
-
-
-def check_model_dir(path: str):
-    """A cheap look before loading: CheckpointError (one line) when `path` is no checkpoint folder
-    (for the default model: that it is not built yet and how to pass another)."""
-    if not os.path.isdir(path):
-        if os.path.abspath(path) == DEFAULT_MODEL:
-            raise CheckpointError(f"the default model {DEFAULT_MODEL} is not built yet (see the README for the "
-                                  f"command that builds it); pass --model DIR with a Qwen checkpoint folder")
-        raise CheckpointError(f"{path}: no such folder")
-    QwenConfig.from_json(os.path.join(path, "config.json"))
-    if not os.path.exists(os.path.join(path, "tokenizer.json")):
-        raise CheckpointError(f"{path}: no tokenizer.json (a checkpoint folder needs its tokenizer)")
-
-
-def load_checkpoint(path: str, device="cpu", dtype=torch.float32):
-    """-> (model, tokenizer, meta) from a checkpoint folder; CheckpointError (one line) otherwise."""
-    check_model_dir(path)
-    model = Qwen.from_pretrained(path, dtype=dtype, device=device)
-    tokenizer = Tokenizer.from_pretrained(path)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                              f"{model.config.vocab_size}")
-    return model, tokenizer, read_meta(path)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available")
-    return torch.device(name)
+from model import CheckpointError
 
 
 # -----------------------------------------------------------------------------
@@ -101,17 +49,10 @@ def evaluate(model, tokenizer, task, problems, samples: int = 1, temperature: fl
     if not problems:
         raise ValueError("empty problem set")
     prompts = [tokenizer.encode_chat(task.prompt(p, style=style)) for p in problems]
-    rows_problem, answers, lengths, truncated = [], [], [], []
-    chunk = batch_size or len(prompts)
-    for start in range(0, len(prompts), chunk):
-        out = sample.generate(model, prompts[start:start + chunk], n=samples, max_new_tokens=max_new_tokens,
-                              temperature=temperature, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
-                              seed=seed + start)
-        for i in range(len(out.finish_reasons)):
-            rows_problem.append(problems[start + i // samples])
-            answers.append(task.extract_answer(decode_completion(tokenizer, out.completion(i))))
-            lengths.append(int(out.lengths[i]))
-            truncated.append(out.finish_reasons[i] == "length")
+    texts, lengths, truncated = sample_texts(model, tokenizer, prompts, max_new_tokens, temperature, seed,
+                                             batch_size, n=samples, finish=True)
+    rows_problem = [problems[i // samples] for i in range(len(texts))]
+    answers = [task.extract_answer(t) for t in texts]
     correct = verify_all(task, rows_problem, answers)
     per_problem = [correct[i * samples:(i + 1) * samples] for i in range(len(problems))]
     n = len(answers)
@@ -161,10 +102,11 @@ def self_correct_metrics(first_correct, final_correct, first_verdicts=None) -> d
     return out
 
 
-def sample_texts(model, tokenizer, prompts, max_new_tokens, temperature, seed, batch_size=0, n=1):
-    """n completions per prompt (token-id lists) -> (texts without the stop token, generated lengths),
-    len(prompts) * n each, row i from prompt i // n."""
-    texts, lengths = [], []
+def sample_texts(model, tokenizer, prompts, max_new_tokens, temperature, seed, batch_size=0, n=1, finish=False):
+    """n completions per prompt (token-id lists), batch_size prompts per generate call (0: all) ->
+    (texts without the stop token, generated lengths[, truncated flags with finish=True]),
+    len(prompts) * n each, row i from prompt i // n. Chunk c is seeded seed + its first prompt's index."""
+    texts, lengths, truncated = [], [], []
     chunk = batch_size or len(prompts)
     for start in range(0, len(prompts), chunk):
         out = sample.generate(model, prompts[start:start + chunk], n=n, max_new_tokens=max_new_tokens,
@@ -173,7 +115,8 @@ def sample_texts(model, tokenizer, prompts, max_new_tokens, temperature, seed, b
         for i in range(len(out.finish_reasons)):
             texts.append(decode_completion(tokenizer, out.completion(i)))
             lengths.append(int(out.lengths[i]))
-    return texts, lengths
+            truncated.append(out.finish_reasons[i] == "length")
+    return (texts, lengths, truncated) if finish else (texts, lengths)
 
 
 def evaluate_self_correct(model, tokenizer, task, problems, max_turns: int = 2, temperature: float = 0.0,
@@ -272,13 +215,6 @@ def render_table(names, rows) -> str:
     lines = ["".ljust(width) + "".join(n.rjust(c) for n, c in zip(names, cols))]
     lines += [label.ljust(width) + "".join(v.rjust(c) for v, c in zip(vals, cols)) for label, vals in rows]
     return "\n".join(lines)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (the full usage is what --help is for); train.py uses it too."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):

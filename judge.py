@@ -78,14 +78,18 @@ def decode_completion(tokenizer, ids) -> str:
 
 
 def agreement(judged: list[bool], correct: list[bool]) -> dict:
-    """Confusion counts of the judge's pass/fail against the verifier (positive = judged correct)."""
+    """Confusion counts of the judge's pass/fail against the verifier (positive = judged correct), and rates."""
     tp = sum(j and c for j, c in zip(judged, correct))
     fp = sum(j and not c for j, c in zip(judged, correct))
     tn = sum(not j and not c for j, c in zip(judged, correct))
     fn = sum(not j and c for j, c in zip(judged, correct))
+    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, **confusion_rates(tp, fp, tn, fn)}
+
+
+def confusion_rates(tp: int, fp: int, tn: int, fn: int) -> dict:
+    """Precision, recall and accuracy of confusion counts (None where undefined: nothing to divide by)."""
     n = tp + fp + tn + fn
-    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn,
-            "precision": tp / (tp + fp) if tp + fp else None,
+    return {"precision": tp / (tp + fp) if tp + fp else None,
             "recall": tp / (tp + fn) if tp + fn else None,
             "accuracy": (tp + tn) / n if n else None}
 

@@ -9,7 +9,7 @@
    and evaluates the expression, then gives <JUDGE_SCORE>. Some problem-proposal examples too, so
    `--problems self` works.
 2. A byte-level BPE tokenizer with Qwen's special tokens, trained on that text.
-3. A small Qwen2-architecture model (random init) trained by `train.py --stage sft`'s function.
+3. A small Qwen2-architecture model (random init) trained by sft.py.
 4. Rounds 2, 3, ...: the model solves fresh training problems; its own answers, labelled by the
    verifier, become judge examples (balanced right/wrong) — the judge must be good on the policy's
    own mistakes, not only on synthetic ones — plus fresh solutions so solving is not forgotten.
@@ -31,12 +31,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import sample  # noqa: E402
 import tasks  # noqa: E402
-from eval import evaluate, read_meta  # noqa: E402
-from judge import Judge, decode_completion  # noqa: E402
+from checkpoint import read_meta  # noqa: E402
+from config import SFTConfig, make_config  # noqa: E402
+from eval import evaluate, sample_texts  # noqa: E402
+from judge import Judge  # noqa: E402
 from model import Qwen, QwenConfig, Tokenizer, chatml  # noqa: E402
-from train import TrainConfig, train_sft  # noqa: E402
+from sft import train_sft  # noqa: E402
 
 STYLE = "compact"
 # small numbers keep the arithmetic within reach of a few-million-parameter model trained in minutes
@@ -72,15 +73,13 @@ def own_sample_examples(task, model, tok, problems, rng, samples, seed, solution
     """Judge examples on the model's own answers (balanced right/wrong), plus fresh solutions."""
     prompts = [tok.encode_chat(task.prompt(p, style=STYLE)) for p in problems]
     right, wrong = [], []
-    for start in range(0, len(prompts), 256):
-        ro = sample.generate(model, prompts[start:start + 256], n=samples, max_new_tokens=96, temperature=1.0,
-                             stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=seed + start)
-        for i in range(len(ro.finish_reasons)):
-            p = problems[start + i // samples]
-            answer = task.extract_answer(decode_completion(tok, ro.completion(i)))
-            if answer is None or not answer.strip():
-                continue
-            (right if task.verify(p, answer) else wrong).append((p, answer))
+    texts, _ = sample_texts(model, tok, prompts, max_new_tokens=96, temperature=1.0, seed=seed, batch_size=256,
+                            n=samples)
+    for i, text in enumerate(texts):
+        p, answer = problems[i // samples], task.extract_answer(text)
+        if answer is None or not answer.strip():
+            continue
+        (right if task.verify(p, answer) else wrong).append((p, answer))
     rng.shuffle(right)
     rng.shuffle(wrong)
     k = min(len(right), len(wrong))
@@ -170,7 +169,7 @@ def main():
 
     # SFT, stage 1
     sft1 = os.path.join(work, "sft1")
-    train_sft(TrainConfig(stage="sft", model=init, data=os.path.join(work, "sft1.jsonl"), out=sft1,
+    train_sft(make_config(SFTConfig, model=init, data=os.path.join(work, "sft1.jsonl"), out=sft1,
                           epochs=args.epochs, lr=args.lr, batch_size=64, warmup=50, seed=args.seed,
                           device="cpu", max_len=256))
     print(f"[{time.time() - t0:.0f}s] stage-1 SFT done")
@@ -201,7 +200,7 @@ def build_rounds(args, task, problems, rng, work, t0, prev, tok, meta):
         write_jsonl(data, rows2)
         print(f"[{time.time() - t0:.0f}s] round {r + 2}: {own}")
         dest = args.out if r == args.rounds - 1 else os.path.join(work, f"sft{r + 2}")
-        train_sft(TrainConfig(stage="sft", model=prev, data=data, out=dest, epochs=1, lr=args.lr / 3,
+        train_sft(make_config(SFTConfig, model=prev, data=data, out=dest, epochs=1, lr=args.lr / 3,
                               batch_size=64, warmup=20, seed=args.seed + 1 + r, device="cpu", max_len=256))
         prev = dest
     if os.path.abspath(prev) != os.path.abspath(args.out):  # no round wrote the output folder

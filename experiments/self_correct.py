@@ -3,9 +3,9 @@
     python experiments/self_correct.py                     # writes runs/self-correct, prints the table
     python experiments/self_correct.py --quick             # a smoke run of the same pipeline
 
-1. Stage 1 data (train.py --stage srdata): the tiny model answers training problems several times;
+1. Stage 1 data (build_srdata, below): the tiny model answers training problems several times;
    the verifier labels the answers; balanced right/wrong first answers become [VERIFY] trajectories.
-2. Stage 1 (train.py --stage sft) on those trajectories.
+2. Stage 1 (sft.py's train_sft) on those trajectories.
 3. Stage 2 (train.py --self-correct --reward verifier): PPO on whole trajectories, reward = the
    final answer's correctness only; turn-1 accuracy is logged next to it.
 4. eval.py --self-correct on held-out problems (greedy): the intrinsic baseline (the untrained
@@ -17,16 +17,23 @@ Everything is seeded; the same command gives the same table on the same machine 
 import argparse
 import json
 import os
+import random
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tasks  # noqa: E402
-from eval import DEFAULT_MODEL, SELF_CORRECT_ROWS, evaluate_self_correct, load_checkpoint  # noqa: E402
-from train import TrainConfig, build_srdata, train_rl, train_sft  # noqa: E402
+from checkpoint import check_lengths, load_checkpoint  # noqa: E402
+from config import DEFAULT_MODEL, SFTConfig, TrainConfig, make_config  # noqa: E402
+from distributed import pick_device  # noqa: E402
+from eval import SELF_CORRECT_ROWS, evaluate_self_correct, sample_texts, verify_all  # noqa: E402
+from judge import Judge, passed  # noqa: E402
+from sft import train_sft  # noqa: E402
+from train import derive_seed, train_rl  # noqa: E402
 
 
 def measure(path, problems, args, intrinsic=False):
@@ -44,6 +51,134 @@ def markdown(columns) -> str:
         cells = ["-" if r.get(key) is None else format(r[key], spec) for _, r in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# Stage-1 data: sequential rejection sampling on the policy's own answers
+
+
+@dataclass
+class SRDataConfig:
+    """Settings of the stage-1 data build (the experiment's flags set the ones it changes)."""
+    model: str = DEFAULT_MODEL
+    out: str = os.path.join("runs", "self-correct", "srdata")
+    task: str = "countdown"
+    seed: int = 0
+    device: str = "cpu"
+    prompt_style: str = "full"
+    sr_problems: int = 2000      # training problems the policy answers
+    sr_samples: int = 4          # own answers sampled per problem (first attempts and corrections)
+    sr_robust: float = 0.1       # share of right first answers given the right -> [VERIFY] wrong -> right kind
+    sr_checks: str = "task"      # the check before a verdict: task (worked check) or own (policy's, if right)
+    temperature: float = 1.0     # sampling temperature of the own answers
+    max_new_tokens: int = 256
+    judge_temperature: float = 1.0
+    judge_max_new_tokens: int = 256
+
+
+def build_srdata(cfg: SRDataConfig) -> str:
+    """OUT/srdata.jsonl: one [VERIFY] trajectory per kept own answer, for sft.py.
+
+    The policy answers cfg.sr_problems training problems cfg.sr_samples times (cfg.temperature); the
+    verifier labels each answer. Kept: as many right as wrong first answers (balanced), one
+    trajectory each, of three kinds (the paper's):
+      wrong -> [VERIFY] wrong -> right;   right -> [VERIFY] correct;
+      right -> [VERIFY] wrong -> right (robustness: a share cfg.sr_robust of the right ones are candidates,
+      kept where the policy's own judge wrongly failed the answer, so that a mistaken verdict is
+      followed by a right answer again, not by a wrong one).
+    The check before each verdict is the task's worked check (cfg.sr_checks task, the default: the tiny
+    model's own checks often reach the right verdict through wrong arithmetic, "40=20 yes"), or with
+    cfg.sr_checks own the policy's own judge text, kept when its verdict agrees with the verifier
+    (rejection sampling), else the task's; the robustness kind always shows the policy's own failing
+    check, since its own mistake is what it is about. Corrections are the policy's
+    own right answers to the same problem, else the task's solution. stats.json counts each fallback.
+    """
+    task = tasks.get(cfg.task)
+    device = pick_device(cfg.device)
+    model, tok, meta = load_checkpoint(cfg.model, device, torch.float32)
+    check_lengths(model, max_new_tokens=cfg.max_new_tokens, judge_max_new_tokens=cfg.judge_max_new_tokens)
+    style, rng = cfg.prompt_style, random.Random(cfg.seed)
+    problems = task.make_problems(cfg.sr_problems, seed=derive_seed(cfg.seed, 0, "srdata"), split="train",
+                                  **meta.get("difficulty", {}))
+    prompts = [tok.encode_chat(task.prompt(p, style=style)) for p in problems]
+    texts, _ = sample_texts(model, tok, prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed, batch_size=256,
+                            n=cfg.sr_samples)
+    own = [(i // cfg.sr_samples, attempt_text(t), task.extract_answer(t)) for i, t in enumerate(texts)]
+    own = [o for o in own if o[2] is not None]  # an answerless sample is no attempt to verify
+    ok = verify_all(task, [problems[i] for i, _, _ in own], [a for _, _, a in own])
+    right = [o for o, c in zip(own, ok) if c]
+    wrong = [o for o, c in zip(own, ok) if not c]
+    by_problem = {}  # the policy's own right attempts per problem: the pool of corrections
+    for o in right:
+        by_problem.setdefault(o[0], []).append(o)
+    rng.shuffle(right)
+    rng.shuffle(wrong)
+    k = min(len(right), len(wrong))
+    bases = [(o, True) for o in right[:k]] + [(o, False) for o in wrong[:k]]
+    stats = {"samples": len(texts), "answered": len(own), "right": len(right), "wrong": len(wrong),
+             "kinds": {"wrong_right": 0, "right": 0, "right_wrong_right": 0},
+             "own_corrections": 0, "solution_corrections": 0, "own_checks": 0, "task_checks": 0}
+
+    def correction(i):  # a right attempt for problem i: the policy's own when it has one
+        if by_problem.get(i):
+            return (*rng.choice(by_problem[i])[1:], True, "own")
+        text = task.solution_text(problems[i], rng, style=style)
+        return text, task.extract_answer(text), True, "solution"
+
+    plan = []  # (problem, [(attempt, answer, the verdict it gets, source)], kind) per trajectory
+    for (i, attempt, answer), is_right in bases:
+        if not is_right:
+            plan.append((i, [(attempt, answer, False, "own"), correction(i)], "wrong_right"))
+        elif rng.random() < cfg.sr_robust:  # a candidate: kept only if the policy's own check failed it
+            plan.append((i, [(attempt, answer, False, "own"), correction(i)], "right_wrong_right"))
+        else:
+            plan.append((i, [(attempt, answer, True, "own")], "right"))
+
+    # the policy judges every answer of the plan once; its check is kept when its verdict is the one given
+    judged = [(i, t[1]) for i, turns, _ in plan for t in turns]
+    judge = Judge(model, tok, task, samples=1, temperature=cfg.judge_temperature,
+                  max_new_tokens=cfg.judge_max_new_tokens, style=style, batch_size=256)
+    rewards, judge_texts = judge.score([problems[i] for i, _ in judged], [a for _, a in judged], seed=cfg.seed + 1)
+    rows, pos = [], 0
+    for i, turns, kind in plan:
+        verdicts = list(zip(rewards[pos:pos + len(turns)], judge_texts[pos:pos + len(turns)]))
+        pos += len(turns)
+        if kind == "right_wrong_right" and passed(verdicts[0][0]):  # its own check passed it: a plain right
+            kind, turns, verdicts = "right", [turns[0][:2] + (True, "own")], verdicts[:1]
+        parts = []
+        for j, ((attempt, answer, says_correct, source), (reward, texts_j)) in enumerate(zip(turns, verdicts)):
+            if j > 0:
+                stats[f"{source}_corrections"] += 1
+            own = cfg.sr_checks == "own" or kind == "right_wrong_right"  # that kind is about its own mistake
+            if own and texts_j and passed(reward) == says_correct:
+                stats["own_checks"] += 1
+                check = tasks.check_text(texts_j[0])
+            else:
+                stats["task_checks"] += 1
+                check = tasks.check_text(task.judge_text(problems[i], answer, style=style))
+            parts += [attempt, check, tasks.verdict_text(says_correct)]
+        stats["kinds"][kind] += 1
+        reply = "\n".join(x for x in parts if x)
+        rows.append({"messages": tasks.self_correct_prompt(task, problems[i], style=style)
+                     + [{"role": "assistant", "content": reply}]})
+    rng.shuffle(rows)
+    os.makedirs(cfg.out, exist_ok=True)
+    data = os.path.join(cfg.out, "srdata.jsonl")
+    with open(data, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    with open(os.path.join(cfg.out, "stats.json"), "w") as f:
+        json.dump(stats, f, indent=2)
+    print(f"srdata: {len(rows)} trajectories in {data}; {json.dumps(stats)}")
+    return data
+
+
+def attempt_text(text: str) -> str:
+    """A sampled answer's text up to the end of its last answer block (what comes after is dropped)."""
+    end = text.rfind(tasks.ANSWER_CLOSE)
+    return text[:end + len(tasks.ANSWER_CLOSE)].strip() if end >= 0 else text.strip()
+
+
+# -----------------------------------------------------------------------------
 
 
 def main():
@@ -73,25 +208,26 @@ def main():
     t0 = time.time()
     meta = load_checkpoint(args.model)[2]
     style = meta.get("prompt_style", "full")
-    common = dict(model=args.model, seed=args.seed, device="cpu", prompt_style=style, progress=False,
-                  max_turns=args.max_turns)
 
     # 1. stage-1 data from the model's own samples, 2. SFT on it
     srdata = os.path.join(args.out, "srdata")
-    data = build_srdata(TrainConfig(**common, stage="srdata", out=srdata, sr_problems=args.sr_problems,
-                                    sr_samples=args.sr_samples, sr_checks=args.sr_checks, max_new_tokens=64,
-                                    judge_max_new_tokens=96))
+    data = build_srdata(SRDataConfig(model=args.model, out=srdata, seed=args.seed, prompt_style=style,
+                                     sr_problems=args.sr_problems, sr_samples=args.sr_samples,
+                                     sr_checks=args.sr_checks, max_new_tokens=64, judge_max_new_tokens=96))
     print(f"[{time.time() - t0:.0f}s] stage-1 data")
     stage1 = os.path.join(args.out, "stage1")
-    train_sft(TrainConfig(**{**common, "model": args.model}, stage="sft", data=data, out=stage1,
-                          epochs=args.sft_epochs, lr=args.sft_lr, batch_size=64, warmup=20, max_len=400))
+    train_sft(make_config(SFTConfig, model=args.model, data=data, out=stage1, seed=args.seed, device="cpu",
+                          epochs=args.sft_epochs, lr=args.sft_lr, batch_size=64, warmup=20, max_len=400,
+                          progress=False))
     print(f"[{time.time() - t0:.0f}s] stage 1 (SFT) done")
 
-    # 3. stage 2: PPO on whole trajectories, verifier reward on the final answer
+    # 3. stage 2: PPO on whole trajectories, verifier reward on the final answer (kl_coef 0.001: the
+    # setting the README's table was measured with, chosen here over the model folder's 0.1)
     stage2 = os.path.join(args.out, "stage2")
     if args.rl_steps:
-        train_rl(TrainConfig(**{**common, "model": stage1}, stage="rl", out=stage2, self_correct=True,
-                             reward="verifier", steps=args.rl_steps, lr=args.rl_lr, max_new_tokens=args.max_new_tokens,
+        train_rl(make_config(TrainConfig, model=stage1, out=stage2, seed=args.seed, device="cpu", progress=False,
+                             self_correct=True, max_turns=args.max_turns, reward="verifier", steps=args.rl_steps,
+                             lr=args.rl_lr, max_new_tokens=args.max_new_tokens, kl_coef=0.001,
                              eval_interval=max(1, args.rl_steps // 2), eval_n=100, save_interval=args.rl_steps))
         print(f"[{time.time() - t0:.0f}s] stage 2 (RL) done")
 

@@ -3,7 +3,9 @@ unterminated text), the paper's metrics on hand-made cases, eval --self-correct 
 the srdata builder on a stub model, and the RL loop's trajectory rows."""
 
 import json
+import os
 import re
+import sys
 
 import pytest
 
@@ -176,14 +178,14 @@ def stub(prompt, s):
 
 
 def test_srdata_builds_each_kind_with_correct_labels(tiny_ckpt, monkeypatch, tmp_path):
-    import train
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+    from self_correct import SRDataConfig, build_srdata
 
     tok = Tokenizer.from_pretrained(tiny_ckpt)
     monkeypatch.setattr(sample, "generate", scripted_generate(tok, stub))
     out = tmp_path / "sr"
-    train.main(["--stage", "srdata", "--model", tiny_ckpt, "--out", str(out), "--sr-problems", "24",
-                "--sr-samples", "4", "--sr-robust", "1", "--prompt-style", "compact", "--max-new-tokens", "16",
-                "--judge-max-new-tokens", "16", "--sr-checks", "own", "--no-progress"])
+    build_srdata(SRDataConfig(model=tiny_ckpt, out=str(out), sr_problems=24, sr_samples=4, sr_robust=1,
+                              prompt_style="compact", max_new_tokens=16, judge_max_new_tokens=16, sr_checks="own"))
     rows = [json.loads(line) for line in (out / "srdata.jsonl").read_text().splitlines()]
     stats = json.loads((out / "stats.json").read_text())
     kinds = {"wrong_right": 0, "right": 0, "right_wrong_right": 0}

@@ -1,5 +1,6 @@
 """train.py: two steps of the loop per reward mode and problem source, exact resume (also after
-kill -9 and a crash mid-save), the metrics against the verifier, bad input, the SFT stage."""
+kill -9 and a crash mid-save), the metrics against the verifier, bad input, the config path
+(config.py) and its --help; sft.py, the supervised stage."""
 
 import json
 import os
@@ -13,9 +14,13 @@ import time
 import pytest
 import torch
 
+import checkpoint
+import config
 import sample
+import sft
 import tasks
 import train
+from config import TrainConfig, config_from_flags, make_config
 from model import Qwen, Tokenizer
 from test_judge import scripted_generate
 
@@ -159,10 +164,10 @@ def test_crash_between_the_renames_of_a_save_keeps_a_checkpoint(tiny_ckpt, scrip
             raise SystemError("killed")
         real_rename(src, dst)
 
-    monkeypatch.setattr(train.os, "rename", rename)
+    monkeypatch.setattr(checkpoint.os, "rename", rename)
     with pytest.raises(SystemError):
         run(*flags, "--out", tmp_path / "b", "--steps", "3")
-    monkeypatch.setattr(train.os, "rename", real_rename)
+    monkeypatch.setattr(checkpoint.os, "rename", real_rename)
     assert not (tmp_path / "b" / "ckpt").exists() and (tmp_path / "b" / "ckpt.old").exists()
     assert train.latest_checkpoint(str(tmp_path / "b")).endswith("ckpt.old")
     resumed = run("--resume", tmp_path / "b")
@@ -209,22 +214,28 @@ def test_model_folder_settings_and_copies(tiny_ckpt, tmp_path):
     model = tmp_path / "m"
     shutil.copytree(tiny_ckpt, model)
     (model / "nano_rlsr.json").write_text(json.dumps({"prompt_style": "compact", "task": "countdown",
-                                                      "train_defaults": {"group_size": 3}}))
-    run("--model", model, "--out", tmp_path / "r", *TINY, "--steps", "1", "--eval-interval", "0",
-        "--group-size", "3")
+                                                      "train_defaults": {"group_size": 3, "top_p": 0.9}}))
+    at = TINY.index("--group-size")
+    flags = TINY[:at] + TINY[at + 2:]  # the folder's group size, not a flag's
+    run("--model", model, "--out", tmp_path / "r", *flags, "--steps", "1", "--eval-interval", "0", "--top-p", "0.95")
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert cfg["prompt_style"] == "compact" and cfg["group_size"] == 3
+    assert cfg["prompt_style"] == "compact" and cfg["group_size"] == 3  # from the folder
+    assert cfg["top_p"] == 0.95 and cfg["lr"] == 1e-3  # a flag beats the folder; the rest are TrainConfig's
     meta = json.loads((tmp_path / "r" / "ckpt" / "nano_rlsr.json").read_text())
     assert meta["prompt_style"] == "compact" and meta["task"] == "countdown"
     sample_line = read_lines(tmp_path / "r" / "samples.jsonl")[0]
     assert sample_line["problem"]["numbers"]
-    with_defaults = train.parse_config(["--model", str(model), "--out", str(tmp_path / "q")])
-    assert with_defaults.group_size == 3 and with_defaults.lr == 1e-6
+    # experiments take the same path: the folder's defaults apply to make_config too
+    made = make_config(TrainConfig, model=str(model), out=str(tmp_path / "q"))
+    assert made.group_size == 3 and made.top_p == 0.9 and made.lr == TrainConfig.lr == 1e-6
+    assert make_config(TrainConfig, model=str(model), out=str(tmp_path / "q"), group_size=5).group_size == 5
+    with pytest.raises(config.UsageError, match="--group-size must be >= 2"):
+        make_config(TrainConfig, model=str(model), out=str(tmp_path / "q"), group_size=1)
 
 
-def fails(capsys, *args):
+def fails(capsys, *args, main=train.main):
     with pytest.raises(SystemExit) as e:
-        train.main([str(a) for a in args])
+        main([str(a) for a in args])
     err = capsys.readouterr().err.strip()
     message = err if err else str(e.value)
     assert "Traceback" not in message and len(message.splitlines()) <= 3  # argparse: usage + one line
@@ -248,28 +259,46 @@ def test_bad_input_is_one_clear_line(tiny_ckpt, tmp_path, capsys):
     line = fails(capsys, "--resume", tmp_path / "r", "--group-size", "4")
     assert "--group-size" in line and "resume" in line
     run("--resume", tmp_path / "r", "--steps", "2", "--group-size", "2")  # unchanged values are fine
-    assert "--stage sft needs --data" in fails(capsys, "--model", tiny_ckpt, "--stage", "sft")
+    assert "needs --data" in fails(capsys, "--model", tiny_ckpt, main=sft.main)
 
 
 def test_default_model_missing_says_how_to_pass_one(tmp_path, capsys, monkeypatch):
     missing = str(tmp_path / "assets" / "tiny-countdown")
-    monkeypatch.setattr(train, "DEFAULT_MODEL", missing)
-    monkeypatch.setattr(train.TrainConfig, "model", missing)
-    import eval as ev
-    monkeypatch.setattr(ev, "DEFAULT_MODEL", missing)
+    monkeypatch.setattr(config, "DEFAULT_MODEL", missing)
+    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL", missing)
     line = fails(capsys, "--out", tmp_path / "x")
     assert "not built yet" in line and "--model" in line
 
 
-def test_help_lists_every_field_with_its_doc(capsys):
+def help_of_each_flag(text) -> dict:
+    """--help text -> {flag: its help text} (argparse wraps long lines)."""
+    out, flag = {}, None
+    for line in text.splitlines():
+        m = re.match(r"\s+(--[\w-]+)(?:, --no-[\w-]+)?(?: \S+)?(?:\s{2,}(.*))?$", line)
+        if m and not line.strip().startswith("--no-"):
+            flag, out[m.group(1)] = m.group(1), m.group(2) or ""
+        elif flag and line.startswith(" " * 10):
+            out[flag] += " " + line.strip()
+    return out
+
+
+def test_help_states_the_value_each_flag_takes_in_the_default_run(capsys, tmp_path):
+    """--help against the config the default run (no flags) writes: every flag's help says its value."""
     with pytest.raises(SystemExit) as e:
         train.main(["--help"])
     assert e.value.code == 0
-    text = capsys.readouterr().out
-    docs = train.field_docs(train.TrainConfig)
-    assert set(docs) == {f.name for f in train.fields(train.TrainConfig)} and all(d[1] for d in docs.values())
-    for name in docs:
-        assert "--" + name.replace("_", "-") in text
+    helps = help_of_each_flag(capsys.readouterr().out)
+    default_run = make_config(TrainConfig, out=str(tmp_path / "run"))
+    for f in config.fields(TrainConfig):
+        text = " ".join(helps["--" + f.name.replace("_", "-")].split())
+        assert f.metadata["help"].split()[0] in text  # help text from the field itself, not from source comments
+        if f.name in ("out", "resume", "model"):
+            continue
+        value = getattr(default_run, f.name)
+        assert f"default: {value}" in text, (f.name, value, text)
+    kl = " ".join(helps["--kl-coef"].split())  # a model-folder default names both values
+    assert "default: 0.1 from the model folder, else 0.001" in kl
+    assert "global" in helps["--minibatch-size"] and "per rank" in " ".join(helps["--micro-batch-size"].split())
 
 
 # -----------------------------------------------------------------------------
@@ -290,20 +319,20 @@ def test_sft_masks_exactly_the_assistant_turns(tiny_ckpt):
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "nums 3 5 7 target 22"},
                 {"role": "assistant", "content": "<answer>3*5+7</answer>"}, {"role": "user", "content": "sure?"},
                 {"role": "assistant", "content": "yes"}]
-    ids, mask = train.encode_example(tok, messages)
+    ids, mask = sft.encode_example(tok, messages)
     assert tok.decode(ids) == tok.chat(messages, add_generation_prompt=False).rstrip("\n")
     trained = [i for i, m in zip(ids, mask) if m]
     assert tok.decode(trained) == "<answer>3*5+7</answer><|im_end|>yes<|im_end|>"
     prompt = tok.encode_chat(messages[:2])  # the generation prompt is a prefix, tokenised the same way
     assert ids[:len(prompt)] == prompt and not any(mask[:len(prompt)]) and mask[len(prompt)]
-    assert train.encode_example(tok, messages[:2]) is None
+    assert sft.encode_example(tok, messages[:2]) is None
 
 
 def test_sft_trains_and_writes_a_model_folder(tiny_ckpt, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(e) + "\n" for e in chat_examples(24)))
     out = tmp_path / "sft"
-    train.main(["--stage", "sft", "--model", tiny_ckpt, "--data", str(data), "--out", str(out), "--epochs", "4",
+    sft.main(["--model", tiny_ckpt, "--data", str(data), "--out", str(out), "--epochs", "4",
                 "--batch-size", "8", "--lr", "3e-3", "--warmup", "2", "--log-interval", "3", "--no-progress",
                 "--prompt-style", "compact"])
     log = read_lines(out / "sft_metrics.jsonl")
@@ -317,22 +346,22 @@ def test_sft_trains_and_writes_a_model_folder(tiny_ckpt, tmp_path):
 def test_sft_bad_data_is_one_line(tiny_ckpt, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"text": "no messages"}\n')
-    line = fails(capsys, "--stage", "sft", "--model", tiny_ckpt, "--data", bad, "--out", tmp_path / "o")
+    line = fails(capsys, "--model", tiny_ckpt, "--data", bad, "--out", tmp_path / "o", main=sft.main)
     assert line.startswith("error: ") and "bad.jsonl:2" in line
     only_user = tmp_path / "u.jsonl"
     only_user.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
-    assert "no example" in fails(capsys, "--stage", "sft", "--model", tiny_ckpt, "--data", only_user,
-                                 "--out", tmp_path / "o")
-    assert "no such file" in fails(capsys, "--stage", "sft", "--model", tiny_ckpt, "--data", tmp_path / "x.jsonl")
+    assert "no example" in fails(capsys, "--model", tiny_ckpt, "--data", only_user, "--out", tmp_path / "o",
+                                 main=sft.main)
+    assert "no such file" in fails(capsys, "--model", tiny_ckpt, "--data", tmp_path / "x.jsonl", main=sft.main)
 
 
 def test_cosine_schedule_and_length_buckets():
-    lrs = [train.cosine_lr(s, 100, 1.0, 10) for s in range(100)]
+    lrs = [sft.cosine_lr(s, 100, 1.0, 10) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and lrs[-1] >= 0.1 - 1e-9
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     import random
     lengths = [random.Random(i).randint(1, 100) for i in range(50)]
-    batches = train.length_batches(lengths, 8, random.Random(0))
+    batches = sft.length_batches(lengths, 8, random.Random(0))
     assert sorted(i for b in batches for i in b) == list(range(50))
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert spread < 30  # similar lengths together: little padding
@@ -341,7 +370,7 @@ def test_cosine_schedule_and_length_buckets():
 def test_sft_bf16_writes_fp32_weights(tiny_ckpt, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(e) + "\n" for e in chat_examples(8)))
-    train.main(["--stage", "sft", "--model", tiny_ckpt, "--data", str(data), "--out", str(tmp_path / "o"),
+    sft.main(["--model", tiny_ckpt, "--data", str(data), "--out", str(tmp_path / "o"),
                 "--batch-size", "4", "--warmup", "1", "--dtype", "bf16", "--no-progress"])
     assert json.loads((tmp_path / "o" / "config.json").read_text())["torch_dtype"] == "float32"
     assert read_lines(tmp_path / "o" / "sft_metrics.jsonl")[-1]["step"] == 2
