@@ -30,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from judge import confusion_rates  # noqa: E402
+
 CONDITIONS = {  # name -> train.py flags (on top of the shared ones)
     "verifier": ["--reward", "verifier"],
     "frozen": ["--judge", "frozen"],
@@ -98,15 +100,16 @@ def curves(lines) -> dict:
     judge = []
     for lo, hi in zip(steps, steps[1:]):  # steps (lo, hi]
         n = {k: sum(m.get(f"judge_{k}") or 0 for m in lines if lo < m["step"] <= hi) for k in ("tp", "fp", "tn", "fn")}
-        judge.append({"step": hi, **n, "precision": ratio(n["tp"], n["tp"] + n["fp"]),
-                      "recall": ratio(n["tp"], n["tp"] + n["fn"])})
+        judge.append({"step": hi, **n, **rates(n)})
     reward = [(m["step"], m["reward_mean"], m["rollout_acc"]) for m in lines if "reward_mean" in m]
     return {"heldout": evals, "judge": judge if any(j["tp"] + j["fp"] + j["tn"] + j["fn"] for j in judge) else [],
             "reward": reward}
 
 
-def ratio(a, b):
-    return a / b if b else float("nan")
+def rates(n) -> dict:
+    """Precision and recall of confusion counts, nan where undefined (nan drops out of mean_std)."""
+    r = confusion_rates(n["tp"], n["fp"], n["tn"], n["fn"])
+    return {k: float("nan") if r[k] is None else r[k] for k in ("precision", "recall")}
 
 
 def mean_std(xs):
@@ -129,7 +132,7 @@ def summarise(runs: dict) -> dict:
                "gain": mean_std(gain), "gains": gain}
         if per_seed[0]["judge"]:
             n = {k: sum(j[k] for c in per_seed for j in c["judge"]) for k in ("tp", "fp", "tn", "fn")}
-            row["judge"] = {**n, "precision": ratio(n["tp"], n["tp"] + n["fp"]), "recall": ratio(n["tp"], n["tp"] + n["fn"])}
+            row["judge"] = {**n, **rates(n)}
             first = [c["judge"][0] for c in per_seed]
             last = [c["judge"][-1] for c in per_seed]
             row["judge_first_window"] = {k: mean_std([j[k] for j in first]) for k in ("precision", "recall")}
