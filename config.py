@@ -39,7 +39,7 @@ def setting(default, help: str, choices=None, metavar=None):
 class TrainConfig:
     # run
     task: str = setting("countdown", "task: a module in tasks/", metavar="NAME")
-    model: str = setting(DEFAULT_MODEL, "starting model folder", metavar="DIR")
+    model: str = setting(DEFAULT_MODEL, "starting model: a folder, or a hub id org/name[@revision]", metavar="DIR|ID")
     out: str = setting("", "output folder (default: runs/<task>-rl-<date>-<time>)", metavar="DIR")
     resume: str = setting("", "continue the run saved in this folder (flags not given are taken from it)",
                           metavar="DIR")
@@ -63,7 +63,7 @@ class TrainConfig:
     # rewards
     reward: str = setting("self", "self: the policy judges its own answers (RLSR); verifier: the formal checker",
                           choices=("self", "verifier"))
-    judge: str = setting("live", "live: the current policy; frozen: the initial model; or a model folder",
+    judge: str = setting("live", "live: the current policy; frozen: the initial model; or a model folder or hub id",
                          metavar="MODE|DIR")
     judge_samples: int = setting(1, "verdicts averaged per judged answer")
     judge_temperature: float = setting(1.0, "judge sampling temperature (0: greedy)")
@@ -117,7 +117,7 @@ RUN_FIELDS = ("steps", "resume", "out", "eval_interval", "save_interval", "progr
 @dataclass
 class SFTConfig:
     # run
-    model: str = setting(DEFAULT_MODEL, "starting model folder", metavar="DIR")
+    model: str = setting(DEFAULT_MODEL, "starting model: a folder, or a hub id org/name[@revision]", metavar="DIR|ID")
     data: str = setting("", "JSONL file, one {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} a line",
                         metavar="FILE")
     out: str = setting("", "output model folder (default: runs/sft-<date>-<time>)", metavar="DIR")
@@ -300,11 +300,11 @@ SECTION_STARTS = {  # field -> the --help heading of the section it opens
 
 
 def normalise(name, value):
-    """Paths become absolute, so a run resumed from another folder compares equal."""
-    if name in ("model", "data") and value:
-        return os.path.abspath(value)
-    if name == "judge" and value not in ("live", "frozen"):
-        return os.path.abspath(value)
+    """Model folders become absolute paths, and hub ids (org/name[@rev]) the cached snapshot's path, so
+    a run resumed from another folder compares equal and records exactly which weights it started from."""
+    from hub import resolve_model
+    if name in ("model", "data") and value or name == "judge" and value not in ("live", "frozen"):
+        return os.path.abspath(resolve_model(value) if name != "data" else value)
     return value
 
 
@@ -312,8 +312,12 @@ def config_from_flags(cls, argv, prog: str, description: str = "", epilog: str =
     """Flags -> the run's config (make_config's path); --resume DIR -> DIR's saved config. A bad flag
     exits with one line."""
     import json
+    from model import CheckpointError
     parser = build_parser(cls, prog, description, epilog)
-    given = {k: normalise(k, v) for k, v in vars(parser.parse_args(argv)).items()}  # only flags on the line
+    try:
+        given = {k: normalise(k, v) for k, v in vars(parser.parse_args(argv)).items()}  # only flags on the line
+    except CheckpointError as e:  # a hub id that cannot be had
+        parser.error(str(e))
     if not given.get("resume"):
         try:
             return make_config(cls, **given)

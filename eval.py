@@ -34,6 +34,7 @@ import tasks
 from checkpoint import load_checkpoint, read_meta
 from config import DEFAULT_MODEL, Parser
 from distributed import pick_device
+from hub import resolve_model
 from judge import Judge, agreement, decode_completion, passed
 from model import CheckpointError
 
@@ -229,8 +230,8 @@ def main(argv=None):
                                              "rate, lengths, and the model's agreement as a judge of its samples.",
                                  formatter_class=DefaultsHelp)
     ap.add_argument("--task", default="countdown", help="task name (a module in tasks/)")
-    ap.add_argument("--model", nargs="+", default=[DEFAULT_MODEL], metavar="DIR",
-                    help="checkpoint folder(s); two or more are compared side by side "
+    ap.add_argument("--model", nargs="+", default=[DEFAULT_MODEL], metavar="DIR|ID",
+                    help="model folder(s) or hub ids org/name[@revision]; two or more are compared side by side "
                          "(default: the embedded tiny model, assets/tiny-countdown)")
     ap.add_argument("--samples", type=int, default=1, metavar="K", help="answers sampled per problem (k of mean@k, pass@k)")
     ap.add_argument("--n", type=int, default=100, help="number of held-out problems")
@@ -273,6 +274,7 @@ def main(argv=None):
         task = tasks.get(args.task)
         device = pick_device(args.device)
         # task knobs the (first) model folder asks for, e.g. the tiny model's smaller numbers
+        names, args.model = args.model, [resolve_model(p) for p in args.model]  # hub ids -> cached folders
         difficulty = read_meta(args.model[0]).get("difficulty", {}) if os.path.isdir(args.model[0]) else {}
         problems = read_problems(args.problems) if args.problems else \
             task.make_problems(args.n, seed=args.seed, split=args.split, **difficulty)
@@ -310,7 +312,7 @@ def main(argv=None):
         results.append({"model": os.path.abspath(path), "prompt_style": style, **r})
         del model
 
-    print((format_self_correct_table if args.self_correct else format_table)(args.model, results))
+    print((format_self_correct_table if args.self_correct else format_table)(names, results))
     out = args.out or f"eval-{args.task}.json"
     if os.path.dirname(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -7,8 +7,10 @@ The judge sees the problem and the extracted answer only (never the solver's rea
 `task.judge_prompt`, which neutralises any judge tag or special token inside the answer. Each judge
 call samples `samples` verdicts; the reward is the mean of the verdicts (the last
 `<JUDGE_SCORE>0|1</JUDGE_SCORE>` of each judge text, no verdict counting as 0). A missing or empty
-answer scores 0 and costs no judge call. All judge prompts of one `score` go through one batched
-`sample.generate` (in chunks of `batch_size` prompts when set).
+answer scores 0 and costs no judge call. A greedy judge (temperature 0) gives the same verdict to
+the same prompt, so each distinct (problem, answer) prompt is generated once and its verdict shared
+(a group of G rollouts often repeats answers); sampled verdicts are drawn per answer as before. All
+judge prompts of one `score` go through one batched `sample.generate` (in chunks of `batch_size`).
 
 The judge model is whatever model you pass: the live policy (RLSR's setting), the frozen reference
 copy, or another checkpoint folder (train.py's `--judge live|frozen|DIR`). `agreement` compares
@@ -49,22 +51,30 @@ class Judge:
         if not todo:
             return rewards, texts
         prompts = [self.prompt_ids(problems[i], answers[i]) for i in todo]
-        chunk = self.batch_size or len(prompts)
         tok, k = self.tokenizer, self.samples
-
-        def seed_of(start):  # a chunk's seed: the call's seed + offset, or the per-answer seeds of its prompts
-            if isinstance(seed, (list, tuple)):
-                return [seed[i] for i in todo[start:start + chunk]]
-            return None if seed is None else seed + start
-        for start in range(0, len(prompts), chunk):
-            out = sample.generate(self.model, prompts[start:start + chunk], n=k,
-                                  max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                  top_p=self.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
-                                  seed=seed_of(start), compile=self.compile)
-            for j in range(len(prompts[start:start + chunk])):
-                i = todo[start + j]
-                texts[i] = [decode_completion(tok, out.completion(j * k + s)) for s in range(k)]
-                rewards[i] = sum(tasks.parse_verdict(t) for t in texts[i]) / k  # last tag; none: 0
+        if self.temperature == 0:  # greedy: one generation per distinct prompt, shared by its copies
+            first = {}
+            for j, p in enumerate(prompts):
+                first.setdefault(tuple(p), j)
+            runs, n = list(first.values()), 1
+        else:  # sampled verdicts: every answer gets its own k samples, as if judged alone
+            runs, n = list(range(len(prompts))), k
+        chunk = self.batch_size or len(runs)
+        judged = {}  # index into prompts -> its k judge texts
+        for start in range(0, len(runs), chunk):
+            part = runs[start:start + chunk]
+            if isinstance(seed, (list, tuple)):  # per-answer seeds: each verdict independent of the batch
+                chunk_seed = [seed[todo[j]] for j in part]
+            else:
+                chunk_seed = None if seed is None else seed + start
+            out = sample.generate(self.model, [prompts[j] for j in part], n=n, max_new_tokens=self.max_new_tokens,
+                                  temperature=self.temperature, top_p=self.top_p, stop_ids=tok.stop_ids,
+                                  pad_id=tok.pad_id, seed=chunk_seed, compile=self.compile)
+            for r, j in enumerate(part):
+                judged[j] = [decode_completion(tok, out.completion(r * n + s)) for s in range(n)] * (k // n)
+        for j, i in enumerate(todo):
+            texts[i] = judged[j] if j in judged else judged[first[tuple(prompts[j])]]
+            rewards[i] = sum(tasks.parse_verdict(t) for t in texts[i]) / k  # last tag; none: 0
         return rewards, texts
 
 

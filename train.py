@@ -415,7 +415,9 @@ def step_metrics(step, groups, stats, cfg, source) -> dict:
     if cfg.reward == "self":  # the judge against the verifier, over the answers it judged
         judged = [r for r in rows if r["judge_texts"]]
         stats_j = agreement([passed(r["reward"]) for r in judged], [r["correct"] for r in judged])
-        line.update({f"judge_{k}": v for k, v in stats_j.items()}, judge_judged=len(judged))
+        distinct = {(json.dumps(r["problem"], sort_keys=True), r["answer"]) for r in judged}  # a greedy judge's work
+        line.update({f"judge_{k}": v for k, v in stats_j.items()}, judge_judged=len(judged),
+                    judge_distinct=len(distinct))
     line.update(kl=stats.get("kl_ref", 0.0), clip_frac=stats.get("clip_frac", 0.0), entropy=stats.get("entropy"),
                 approx_kl=stats.get("approx_kl"), loss=stats.get("loss"), grad_norm=stats.get("grad_norm"),
                 sampler_logp_err=stats.get("sampler_logp_err"))
