@@ -17,7 +17,7 @@ import sample
 import tasks
 import train
 from model import Qwen, Tokenizer
-from test_judge import scripted_generate
+from conftest import scripted_generate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 countdown = tasks.get("countdown")
