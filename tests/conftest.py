@@ -1,16 +1,22 @@
-"""Shared fixtures: a tiny random Qwen checkpoint folder (model + trained byte-level tokenizer)."""
+"""Shared test helpers: the suite pinned to the CPU, a tiny random Qwen checkpoint folder (model +
+trained byte-level tokenizer), and `scripted_generate`, a sample.generate stand-in whose completions
+the test writes (`from conftest import scripted_generate`).
+"""
 
 import os
 import sys
 
 # a busy shared CPU makes spinning OpenMP workers 4-60x slower; waiting threads should sleep
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# the suite states CPU behaviour (`--device auto` would pick CUDA on a GPU host): hide GPUs, subprocesses too
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import sample  # noqa: E402
 from model import Qwen, QwenConfig, Tokenizer  # noqa: E402
 
 CORPUS = ["Using the numbers [3, 5, 7], create an equation that equals 22. <answer> 3 * 5 + 7 </answer>",
@@ -51,3 +57,38 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def scripted_generate(tok, script, real=None, calls=None):
+    """A `sample.generate` whose rows are `script(prompt_text, sample_index)` (a completion text,
+    given the stop token), or the real sampler's row where script returns None (needs `real`).
+    `calls`, a list, records (prompt_texts, n) of each call."""
+
+    def generate(model, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, stop_ids=(),
+                 pad_id=0, seed=None, **kw):
+        texts = [tok.decode(p) for p in prompts]
+        if calls is not None:
+            calls.append((texts, n))
+        base = None
+        if real is not None:
+            base = real(model, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                        top_k=top_k, stop_ids=stop_ids, pad_id=pad_id, seed=seed)
+        rows, logps = [], []
+        for i in range(len(prompts) * n):
+            text = script(texts[i // n], i % n)
+            if text is None:
+                rows.append(base.completion(i))
+                logps.append(base.logprobs[i, :len(rows[-1])].tolist())
+            else:
+                rows.append(tok.encode(text) + [tok.eos_id])
+                logps.append([0.0] * len(rows[-1]))
+        L = max(len(r) for r in rows)
+        tokens = torch.full((len(rows), L), pad_id, dtype=torch.long)
+        logprobs = torch.zeros(len(rows), L)
+        for i, (r, lp) in enumerate(zip(rows, logps)):
+            tokens[i, :len(r)] = torch.tensor(r)
+            logprobs[i, :len(r)] = torch.tensor(lp)
+        reasons = ["stop" if r[-1] in stop_ids else "length" for r in rows]
+        return sample.Rollout(tokens, logprobs, torch.tensor([len(r) for r in rows]), reasons, n)
+
+    return generate

@@ -9,7 +9,7 @@ import eval as ev
 import sample
 import tasks
 from model import Qwen, Tokenizer
-from test_judge import scripted_generate
+from conftest import scripted_generate
 
 countdown = tasks.get("countdown")
 PROBLEMS = [{"numbers": [3, 5, 7], "target": 22}, {"numbers": [2, 3, 4], "target": 24},

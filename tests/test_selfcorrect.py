@@ -14,7 +14,7 @@ import sample
 import tasks
 from model import Qwen, Tokenizer
 from tasks import parse_trajectory
-from test_judge import scripted_generate
+from conftest import scripted_generate
 
 countdown = tasks.get("countdown")
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py

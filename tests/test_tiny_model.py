@@ -1,4 +1,5 @@
-"""The embedded tiny model (assets/tiny-countdown) and the pipeline that builds it."""
+"""The embedded tiny model (assets/tiny-countdown), the pipeline that builds it, and the CPU its
+figures (and the whole suite's) are stated for."""
 
 import json
 import os
@@ -6,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import tasks
 from eval import DEFAULT_MODEL, evaluate, load_checkpoint
@@ -24,10 +26,16 @@ def test_shipped_model_solves_imperfectly_and_judges(tmp_path):
     r = evaluate(model, tok, task, problems, samples=1, temperature=1.0, max_new_tokens=64, style="compact",
                  seed=0, judge=judge)  # the judge on its own T=1 samples, as in RL
     greedy = evaluate(model, tok, task, problems, samples=1, temperature=0.0, max_new_tokens=64, style="compact")
-    assert r["format_rate"] > 0.95
-    assert 0.12 <= r["mean@1"] <= 0.40  # README: 22.7% at T=1 on 300 held-out problems
-    assert 0.15 <= greedy["mean@1"] <= 0.50  # README: 30.3% greedy
-    assert r["judge_accuracy"] >= 0.8 and r["judge_precision"] >= 0.65 and r["judge_recall"] >= 0.7  # README: 93%, 0.82, 0.91
+    # measured at build time (nano_rlsr.json, 300 problems): 22.7% at T=1, 30.3% greedy; as judge of its own T=1
+    # samples accuracy 0.93, precision 0.82, recall 0.91. The bounds allow ~2.5 binomial sd at 100 problems
+    # (~25 right answers) and reject a random model (0%), a solver that leaves RL no room (the 55% variant),
+    # a judge that always says yes (precision ~0.25) or always no (no precision, recall 0)
+    assert r["format_rate"] > 0.95 and r["judge_judged"] >= 95
+    assert 0.12 <= r["mean@1"] <= 0.35
+    assert 0.18 <= greedy["mean@1"] <= 0.42
+    assert r["judge_accuracy"] >= 0.85
+    assert r["judge_precision"] is not None and r["judge_precision"] >= 0.6
+    assert r["judge_recall"] is not None and r["judge_recall"] >= 0.65
 
 
 def test_bootstrap_pipeline_runs_end_to_end(tmp_path):
@@ -38,7 +46,17 @@ def test_bootstrap_pipeline_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = json.loads((out / "nano_rlsr.json").read_text())
     assert {"difficulty", "train_defaults", "heldout", "bootstrap"} <= set(meta)
-    assert 0.0 <= meta["heldout"]["accuracy_greedy"] <= 1.0
+    heldout = meta["heldout"]  # --quick: 3 own-sample rounds, measured on 30 held-out problems
+    assert heldout["n"] == 30 and len(meta["bootstrap"]["rounds"]) == 3 and meta["bootstrap"]["stage1_examples"] > 0
+    assert {"accuracy_t1", "accuracy_greedy", "judge_precision", "judge_recall"} <= set(heldout)
     model, tok, _ = load_checkpoint(str(out))  # an ordinary checkpoint folder
     assert model.config.model_type == "qwen2" and tok.vocab_size <= model.config.vocab_size
     assert not os.path.exists(str(out) + ".work")  # scratch removed
+
+
+def test_suite_is_pinned_to_the_cpu_here_and_in_subprocesses():
+    """conftest hides CUDA so that `--device auto` means the CPU in every test and every script a test runs."""
+    code = "import os, torch; print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')), torch.cuda.is_available())"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert child.stdout.split() == ["''", "False"], child.stderr[-2000:]
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == "" and not torch.cuda.is_available()

@@ -22,7 +22,7 @@ import tasks
 import train
 from config import TrainConfig, config_from_flags, make_config
 from model import Qwen, Tokenizer
-from test_judge import scripted_generate
+from conftest import scripted_generate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 countdown = tasks.get("countdown")
