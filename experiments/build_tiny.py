@@ -27,9 +27,10 @@ import shutil
 import sys
 import time
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import quiet_threads  # noqa: E402,F401  (before torch: idle OpenMP threads sleep)
+import torch  # noqa: E402
 
 import tasks  # noqa: E402
 from checkpoint import read_meta  # noqa: E402

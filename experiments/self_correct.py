@@ -22,9 +22,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import quiet_threads  # noqa: E402,F401  (before torch: idle OpenMP threads sleep)
+import torch  # noqa: E402
 
 import tasks  # noqa: E402
 from checkpoint import check_lengths, load_checkpoint  # noqa: E402

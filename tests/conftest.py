@@ -6,15 +6,14 @@ the test writes (`from conftest import scripted_generate`).
 import os
 import sys
 
-# a busy shared CPU makes spinning OpenMP workers 4-60x slower; waiting threads should sleep
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import quiet_threads  # noqa: E402,F401  (before torch: idle OpenMP threads sleep)
+
 # the suite states CPU behaviour (`--device auto` would pick CUDA on a GPU host): hide GPUs, subprocesses too
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sample  # noqa: E402
 from model import Qwen, QwenConfig, Tokenizer  # noqa: E402

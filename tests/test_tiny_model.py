@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import tasks
-from eval import DEFAULT_MODEL, evaluate, load_checkpoint
+from checkpoint import load_checkpoint
+from config import DEFAULT_MODEL
+from eval import evaluate
 from judge import Judge
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,9 +42,8 @@ def test_shipped_model_solves_imperfectly_and_judges(tmp_path):
 
 def test_bootstrap_pipeline_runs_end_to_end(tmp_path):
     out = tmp_path / "tiny"
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "build_tiny.py"), "--quick",
-                           "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     meta = json.loads((out / "nano_rlsr.json").read_text())
     assert {"difficulty", "train_defaults", "heldout", "bootstrap"} <= set(meta)
