@@ -123,3 +123,38 @@ def test_decode_completion_drops_only_the_final_stop_token(tiny):
 def test_bad_samples():
     with pytest.raises(ValueError):
         Judge(None, None, countdown, samples=0)
+
+
+# -----------------------------------------------------------------------------
+# a greedy judge does no repeated work
+
+
+def test_greedy_judge_shares_verdicts_of_repeated_answers_and_matches_judging_each(tiny, monkeypatch):
+    """A group with repeated answers: one generation per distinct prompt, and exactly the verdicts and
+    texts of the real greedy judge run on every answer one by one."""
+    model, tok = tiny
+    problems = [PROBLEM] * 6 + [{"numbers": [2, 3, 4], "target": 24}] * 3
+    answers = ["3*5+7", "3+5+7", "3*5+7", None, "3*5+7", "3+5+7", "2*3*4", "2*3*4", "3*5+7"]
+    calls = []
+    real = sample.generate
+
+    def counting(*a, **kw):
+        calls.append(len(a[1]) * kw.get("n", 1))
+        return real(*a, **kw)
+    monkeypatch.setattr(sample, "generate", counting)
+    judge = Judge(model, tok, countdown, samples=2, temperature=0.0, max_new_tokens=24)
+    rewards, texts = judge.score(problems, answers, seed=list(range(len(answers))))
+    assert calls == [4]  # 4 distinct (problem, answer) prompts, one greedy generation each
+    alone = [judge.score([p], [a], seed=[7]) if a else ([0.0], [[]]) for p, a in zip(problems, answers)]
+    assert rewards == [r[0][0] for r in alone] and texts == [r[1][0] for r in alone]
+    assert texts[0] == texts[2] == texts[4] and len(texts[0]) == 2 and texts[3] == []
+
+
+def test_sampled_verdicts_are_drawn_per_answer(tiny, monkeypatch):
+    model, tok = tiny
+    calls = []
+    real = sample.generate
+    monkeypatch.setattr(sample, "generate", lambda *a, **kw: calls.append(len(a[1]) * kw["n"]) or real(*a, **kw))
+    judge = Judge(model, tok, countdown, samples=2, temperature=1.0, max_new_tokens=8)
+    judge.score([PROBLEM] * 3, ["3*5+7"] * 3, seed=[1, 2, 3])
+    assert calls == [6]  # every answer its own 2 samples: the semantics of sampled verdicts stay as they were
