@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-from config import DEFAULT_MODEL, UsageError
+import config
+from config import UsageError
 from distributed import barrier, full_model, is_main, world_size
 from model import CheckpointError, Qwen, QwenConfig, Tokenizer
 
@@ -51,9 +52,9 @@ def check_model_dir(path: str):
     """A cheap look before loading: CheckpointError (one line) when `path` is no model folder
     (for the default model: that it is not built yet and how to pass another)."""
     if not os.path.isdir(path):
-        if os.path.abspath(path) == DEFAULT_MODEL:
-            raise CheckpointError(f"the default model {DEFAULT_MODEL} is not built yet (see the README for the "
-                                  f"command that builds it); pass --model DIR with a Qwen model folder")
+        if config.is_embedded(path):
+            raise CheckpointError(f"the embedded model {os.path.relpath(path, config.ROOT)} is not built yet (see the "
+                                  f"README for the command that builds it); pass --model DIR with a Qwen model folder")
         raise CheckpointError(f"{path}: no such folder")
     QwenConfig.from_json(os.path.join(path, "config.json"))
     if not os.path.exists(os.path.join(path, "tokenizer.json")):

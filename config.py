@@ -19,7 +19,19 @@ import time
 from dataclasses import dataclass, field, fields
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_MODEL = os.path.join(ROOT, "assets", "tiny-countdown")  # the embedded tiny model
+ASSETS = os.path.join(ROOT, "assets")  # the embedded tiny models, one per task: assets/tiny-<task>
+
+
+def default_model(task: str) -> str:
+    """The embedded tiny model made for a task (used when no --model is given)."""
+    return os.path.join(ASSETS, f"tiny-{task}")
+
+
+def is_embedded(path: str) -> bool:
+    return os.path.dirname(os.path.abspath(path)) == ASSETS and os.path.basename(path).startswith("tiny-")
+
+
+DEFAULT_MODEL = default_model("countdown")
 
 
 class UsageError(Exception):
@@ -39,7 +51,8 @@ def setting(default, help: str, choices=None, metavar=None):
 class TrainConfig:
     # run
     task: str = setting("countdown", "task: a module in tasks/", metavar="NAME")
-    model: str = setting(DEFAULT_MODEL, "starting model: a folder, or a hub id org/name[@revision]", metavar="DIR|ID")
+    model: str = setting("", "starting model: a folder, or a hub id org/name[@revision] (default: "
+                             "assets/tiny-<task>, the task's embedded model)", metavar="DIR|ID")
     out: str = setting("", "output folder (default: runs/<task>-rl-<date>-<time>)", metavar="DIR")
     resume: str = setting("", "continue the run saved in this folder (flags not given are taken from it)",
                           metavar="DIR")
@@ -161,6 +174,8 @@ def make_config(cls, **given):
     unknown = set(given) - {f.name for f in fields(cls)}
     if unknown:
         raise UsageError(f"unknown setting(s) {sorted(unknown)} for {cls.__name__}")
+    if cls is TrainConfig and not given.get("model"):
+        given = {**given, "model": default_model(given.get("task", TrainConfig.task))}
     model = given.get("model", DEFAULT_MODEL)
     try:
         check_model_dir(model)
@@ -168,6 +183,8 @@ def make_config(cls, **given):
     except CheckpointError as e:
         raise UsageError(str(e)) from None
     cfg = cls(**{**defaults, **given})
+    if isinstance(cfg, TrainConfig):
+        check_task(cfg.model, cfg.task)
     if not cfg.out:
         what = f"{cfg.task}-rl" if cls is TrainConfig else "sft"
         cfg.out = os.path.join("runs", f"{what}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -175,6 +192,15 @@ def make_config(cls, **given):
     if problem:
         raise UsageError(problem)
     return cfg
+
+
+def check_task(model: str, task: str):
+    """A model folder made for another task (its nano_rlsr.json says so) is refused, in one line."""
+    from checkpoint import read_meta
+    made_for = read_meta(model).get("task")
+    if made_for and made_for != task:
+        raise UsageError(f"--model {model} was built for the {made_for} task (its nano_rlsr.json), not {task}: "
+                         f"pass --task {made_for}, or a model folder made for {task}")
 
 
 def validate(cfg, fresh: bool) -> str | None:
@@ -262,7 +288,7 @@ class Parser(argparse.ArgumentParser):
 
 def default_note(f, folder: dict) -> str:
     """What --help says a field takes in the default run (no flags)."""
-    shown = {"model": os.path.relpath(DEFAULT_MODEL, ROOT)}.get(f.name, f.default)
+    shown = {"model": os.path.relpath(DEFAULT_MODEL, ROOT)}.get(f.name, f.default) if f.default else f.default
     if f.name in folder and folder[f.name] != f.default:
         return f"default: {folder[f.name]} from the model folder, else {shown}"
     return f"default: {shown}" if shown != "" else ""

@@ -32,7 +32,7 @@ import torch
 import sample
 import tasks
 from checkpoint import load_checkpoint, read_meta
-from config import DEFAULT_MODEL, Parser
+from config import Parser, UsageError, check_task, default_model
 from distributed import pick_device
 from hub import resolve_model
 from judge import Judge, agreement, decode_completion, passed
@@ -230,9 +230,9 @@ def main(argv=None):
                                              "rate, lengths, and the model's agreement as a judge of its samples.",
                                  formatter_class=DefaultsHelp)
     ap.add_argument("--task", default="countdown", help="task name (a module in tasks/)")
-    ap.add_argument("--model", nargs="+", default=[DEFAULT_MODEL], metavar="DIR|ID",
+    ap.add_argument("--model", nargs="+", default=[], metavar="DIR|ID",
                     help="model folder(s) or hub ids org/name[@revision]; two or more are compared side by side "
-                         "(default: the embedded tiny model, assets/tiny-countdown)")
+                         "(default: assets/tiny-<task>, the task's embedded model)")
     ap.add_argument("--samples", type=int, default=1, metavar="K", help="answers sampled per problem (k of mean@k, pass@k)")
     ap.add_argument("--n", type=int, default=100, help="number of held-out problems")
     ap.add_argument("--problems", default="", metavar="FILE.jsonl",
@@ -274,11 +274,14 @@ def main(argv=None):
         task = tasks.get(args.task)
         device = pick_device(args.device)
         # task knobs the (first) model folder asks for, e.g. the tiny model's smaller numbers
-        names, args.model = args.model, [resolve_model(p) for p in args.model]  # hub ids -> cached folders
+        names = args.model or [default_model(args.task)]
+        args.model = [resolve_model(p) for p in names]  # hub ids -> cached folders
+        for path in filter(os.path.isdir, args.model):  # (a missing folder is reported when it loads)
+            check_task(path, args.task)
         difficulty = read_meta(args.model[0]).get("difficulty", {}) if os.path.isdir(args.model[0]) else {}
         problems = read_problems(args.problems) if args.problems else \
             task.make_problems(args.n, seed=args.seed, split=args.split, **difficulty)
-    except (ValueError, OSError, CheckpointError) as e:
+    except (ValueError, OSError, CheckpointError, UsageError) as e:
         ap.error(str(e))
     if not problems:
         ap.error("empty problem set: nothing to evaluate")

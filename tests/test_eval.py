@@ -108,8 +108,8 @@ def test_bad_model_folders_are_one_line(tmp_path, capsys):
 
 
 def test_default_model_missing_says_how_to_pass_one(monkeypatch, tmp_path):
-    import checkpoint
-    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL", str(tmp_path / "assets" / "tiny-countdown"))
+    import config
+    monkeypatch.setattr(config, "ASSETS", str(tmp_path / "assets"))
     with pytest.raises(SystemExit) as e:
-        ev.main(["--n", "1", "--model", str(tmp_path / "assets" / "tiny-countdown")])
-    assert "not built yet" in str(e.value) and "--model" in str(e.value)
+        ev.main(["--n", "1"])
+    assert "tiny-countdown is not built yet" in str(e.value) and "--model" in str(e.value)

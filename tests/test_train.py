@@ -263,11 +263,25 @@ def test_bad_input_is_one_clear_line(tiny_ckpt, tmp_path, capsys):
 
 
 def test_default_model_missing_says_how_to_pass_one(tmp_path, capsys, monkeypatch):
-    missing = str(tmp_path / "assets" / "tiny-countdown")
-    monkeypatch.setattr(config, "DEFAULT_MODEL", missing)
-    monkeypatch.setattr(checkpoint, "DEFAULT_MODEL", missing)
+    monkeypatch.setattr(config, "ASSETS", str(tmp_path / "assets"))
     line = fails(capsys, "--out", tmp_path / "x")
-    assert "not built yet" in line and "--model" in line
+    assert "tiny-countdown is not built yet" in line and "--model" in line
+
+
+def test_each_task_has_its_default_model_and_a_wrong_task_model_is_refused(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    assert make_config(TrainConfig, out=str(tmp_path / "a")).model == config.default_model("countdown")
+    assert config.default_model("integration").endswith(os.path.join("assets", "tiny-integration"))
+    monkeypatch.setattr(config, "ASSETS", str(tmp_path / "assets"))  # no integration model built there
+    assert "tiny-integration is not built yet" in fails(capsys, "--task", "integration", "--out", tmp_path / "b")
+    monkeypatch.undo()
+    made_for_countdown = tmp_path / "m"
+    shutil.copytree(tiny_ckpt, made_for_countdown)
+    (made_for_countdown / "nano_rlsr.json").write_text(json.dumps({"task": "countdown", "difficulty": {"max_count": 3}}))
+    line = fails(capsys, "--task", "integration", "--model", made_for_countdown, "--out", tmp_path / "c")
+    assert "built for the countdown task" in line and "--task countdown" in line
+    import eval as ev
+    line = fails(capsys, "--task", "integration", "--model", made_for_countdown, "--n", "1", main=ev.main)
+    assert "built for the countdown task" in line
 
 
 def help_of_each_flag(text) -> dict:
