@@ -11,7 +11,7 @@ Then the same model judges each of its answered samples (the judge prompt of tra
 self-reward) and its verdicts are compared with the verifier: TP/FP/TN/FN (positive = "correct"),
 precision, recall, accuracy. A table goes to stdout and the numbers to a JSON file.
 
---self-correct measures self-rewarding correction instead (Xiong et al., 2025; the README defines
+--self-correct measures self-rewarding correction instead (Xiong et al., 2025; docs/self-correction.md defines
 each metric): per problem one trajectory, answer -> [VERIFY] correct|wrong -> corrected answer ...;
 turn-1 and final accuracy, their difference, the wrong->right and right->wrong fractions, and how
 often the model's own verdict on its first answer is right. --intrinsic: the untrained baseline.

@@ -1,7 +1,7 @@
 """GPU memory plan of an RLSR run (train.py) for Qwen2.5 / Qwen3 models on 1 and 8 GPUs, as one JSON line.
 
     python bench/memory_plan.py                     # the JSON line
-    python bench/memory_plan.py --markdown          # also the README's table (stdout, before the JSON)
+    python bench/memory_plan.py --markdown          # also the table of docs/multi-gpu.md (stdout, before the JSON)
     python bench/memory_plan.py --rollouts 128 --new-tokens 2048 --micro-batch 4 --gpu-gib 141
 
 Computed from each model's config.json numbers (copied below from the public Hugging Face files),
@@ -129,7 +129,7 @@ def main(argv=None):
     p.add_argument("--new-tokens", type=int, default=1024, help="generated tokens per rollout (--max-new-tokens)")
     p.add_argument("--micro-batch", type=int, default=8, help="rows per forward/backward (--micro-batch-size)")
     p.add_argument("--gpu-gib", type=float, default=80, help="memory of one GPU, GiB")
-    p.add_argument("--markdown", action="store_true", help="also print the README's markdown table")
+    p.add_argument("--markdown", action="store_true", help="also print the markdown table of docs/multi-gpu.md")
     args = p.parse_args(argv)
     budget = 0.9 * args.gpu_gib * GiB
     rows = []

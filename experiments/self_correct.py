@@ -189,7 +189,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sr-problems", type=int, default=1000, help="stage-1 data: training problems")
     ap.add_argument("--sr-samples", type=int, default=8, help="stage-1 data: own answers per problem")
-    ap.add_argument("--sr-checks", default="task", choices=["task", "own"], help="stage-1 data: checks (see train.py)")
+    ap.add_argument("--sr-checks", default="task", choices=["task", "own"], help="stage-1 data: checks (see build_srdata)")
     ap.add_argument("--sft-epochs", type=int, default=5, help="stage-1 SFT epochs (2 were too few to learn the verdicts)")
     ap.add_argument("--sft-lr", type=float, default=1e-3, help="stage-1 SFT peak lr (2e-3+ was far worse here)")
     ap.add_argument("--rl-steps", type=int, default=60, help="stage-2 PPO steps (0: skip stage 2)")
