@@ -150,3 +150,18 @@ def test_bf16_cpu_placed_frozen_judge_and_self_problems_under_two_processes(tmp_
     assert sum(line[f"judge_{k}"] for k in ("tp", "fp", "tn", "fn")) == line["judge_judged"]
     assert all(v.dtype == torch.float32 for v in weights(out).values())  # the master weights, saved fp32
     assert torch.load(os.path.join(out, "ckpt", "trainer_state.pt"), weights_only=False)["world_size"] == 2
+
+
+def test_devices_carry_an_index_so_placement_checks_hold(monkeypatch):
+    """torch.device("cuda") != torch.device("cuda:0"): an unindexed device made resident() move every
+    model back to the CPU after each pass. pick_device always names the index."""
+    import distributed
+    assert distributed.pick_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    for name in ("auto", "cuda"):
+        assert distributed.pick_device(name) == torch.device("cuda", 0) and distributed.pick_device(name).index == 0
+    assert distributed.pick_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="not a device"):
+        distributed.pick_device("tpu:x")
+
