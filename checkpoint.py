@@ -94,7 +94,7 @@ def check_lengths(model, **lengths):
 # Run checkpoints: OUT/ckpt/ = a model folder + trainer_state.pt (+ optimizer.rankN.pt under torchrun)
 
 
-def save_checkpoint(cfg, policy, tok, meta, optimizer, value_head, step):
+def save_checkpoint(cfg, policy, tok, meta, optimizer, value_head, step, problem_buffer=None):
     """Write OUT/ckpt.tmp, then swap it in with renames. Under torchrun rank 0 writes the model folder
     (full weights gathered to it) and trainer_state.pt, and every rank its optimizer shard."""
     final, tmp, old = (os.path.join(cfg.out, name) for name in ("ckpt", "ckpt.tmp", "ckpt.old"))
@@ -111,7 +111,8 @@ def save_checkpoint(cfg, policy, tok, meta, optimizer, value_head, step):
     if is_main():
         torch.save({"step": step, "optimizer": optimizer.state_dict() if world == 1 else None, "world_size": world,
                     "rng": get_rng_state(), "config": asdict(cfg),
-                    "value_head": value_head.state_dict() if value_head is not None else None},
+                    "value_head": value_head.state_dict() if value_head is not None else None,
+                    "problem_buffer": problem_buffer or []},
                    os.path.join(tmp, "trainer_state.pt"))
         if os.path.exists(final):
             shutil.rmtree(old, ignore_errors=True)

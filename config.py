@@ -63,8 +63,10 @@ class TrainConfig:
                          choices=("auto", "bf16", "fp32"))
     prompt_style: str = setting("full", "prompt style of the task's prompts", metavar="STYLE")
     # problems and rollouts
-    problems: str = setting("task", "task: the task's generator; self: the policy proposes them",
-                            choices=("task", "self"))
+    problems: str = setting("task", "task: the task's generator; self: the policy proposes problems with a "
+                                    "witness its own judge must accept, kept inside the learnability band; "
+                                    "self-mixed: the earlier method (no witness, kept when rewards are mixed)",
+                            choices=("task", "self", "self-mixed"))
     prompts_per_step: int = setting(8, "problems per step, global (split over torchrun ranks)")
     group_size: int = setting(8, "rollouts per problem (G)")
     temperature: float = setting(1.0, "rollout sampling temperature (PPO's ratios use the same)")
@@ -73,6 +75,11 @@ class TrainConfig:
     propose_n: int = setting(16, "--problems self: proposals sampled per step")
     propose_examples: int = setting(3, "--problems self: example problems shown in the propose prompt")
     propose_max_new_tokens: int = setting(128, "--problems self: longest proposal, in tokens")
+    band_low: float = setting(0.25, "--problems self: keep a problem when its self-reward pass rate is >= this "
+                                    "(2 of 8: one judge false positive alone does not make it look solvable)")
+    band_high: float = setting(0.75, "--problems self: ... and <= this (6 of 8: nearly solved problems give way)")
+    train_proposer: bool = setting(False, "--problems self: the proposals get their own PPO term, rewarded "
+                                          "1 - pass rate inside the band, 0 outside, -1 invalid/repeated/rejected")
     # rewards
     reward: str = setting("self", "self: the policy judges its own answers (RLSR); verifier: the formal checker",
                           choices=("self", "verifier"))
@@ -117,6 +124,11 @@ class TrainConfig:
     # self-rewarding correction (answer -> [VERIFY] -> correction; see experiments/self_correct.py)
     self_correct: bool = setting(False, "rollouts are [VERIFY] trajectories, rewarded on their final answer only")
     max_turns: int = setting(2, "self-correction: corrections allowed after the first answer")
+
+    @property
+    def band(self) -> tuple[float, float]:
+        """The learnability band of --problems self: (low, high) self-reward pass rate."""
+        return self.band_low, self.band_high
 
 
 # the only fields a --resume may change: how long to run and what to log
@@ -251,6 +263,12 @@ def validate(cfg, fresh: bool) -> str | None:
         return "--group-size must be >= 2 for group advantages (one sample has no group to compare with)"
     if cfg.temperature == 0 or not 0 < cfg.top_p <= 1:
         return "--temperature must be > 0 for rollouts, --top-p in (0, 1]"
+    if not 0 <= cfg.band_low <= cfg.band_high <= 1:
+        return "--band-low and --band-high must satisfy 0 <= low <= high <= 1"
+    if cfg.problems == "self" and not hasattr(tasks.get(cfg.task), "parse_proposal"):
+        return f"--problems self: the {cfg.task} task has no proposals with a witness (parse_proposal) yet"
+    if cfg.train_proposer and cfg.problems != "self":
+        return "--train-proposer trains the proposals of --problems self: pass --problems self too"
     if cfg.dual_clip and cfg.dual_clip <= 1:
         return "--dual-clip must be > 1 (or 0: off)"
     if cfg.judge not in ("live", "frozen"):

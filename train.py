@@ -27,6 +27,7 @@ import quiet_threads  # noqa: F401  (first: OpenMP reads its settings when torch
 import json
 import math
 import os
+import random
 import sys
 import time
 import zlib
@@ -36,6 +37,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
+import propose
 import sample
 import tasks
 from checkpoint import (append_jsonl, check_lengths, latest_checkpoint, load_checkpoint, load_trainer_state,
@@ -47,6 +49,7 @@ from eval import evaluate, evaluate_self_correct, self_correct_metrics, verify_a
 from judge import Judge, agreement, confusion_rates, decode_completion, passed
 from model import CheckpointError, Qwen
 from ppo import ValueHead, group_advantages, ppo_update
+from propose import ProblemBuffer
 
 
 # -----------------------------------------------------------------------------
@@ -69,6 +72,7 @@ def train_rl(cfg: TrainConfig) -> str:
     params = list(m.policy.parameters()) + (list(value_head.parameters()) if value_head else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay, fused=True)
     start = restore(ckpt, state, m.policy, optimizer, value_head, device) if ckpt else 0
+    buffer = ProblemBuffer(state.get("problem_buffer") if ckpt else None)  # --problems self: recent own problems
     metrics_file, samples_file = open_logs(cfg.out, start)
     difficulty = m.meta.get("difficulty", {})  # task knobs the model folder asks for (the tiny model's)
     heldout = task.make_problems(cfg.eval_n, seed=cfg.seed, split="test", **difficulty) if cfg.eval_interval else []
@@ -83,40 +87,31 @@ def train_rl(cfg: TrainConfig) -> str:
         torch.manual_seed(derive_seed(cfg.seed, step, "torch"))  # the update order: a function of (seed, step)
         timer = Timer()
         with resident([m.sampler, *m.judge_frozen], device, generate=True):  # full weights for generation
-            groups, source = [], {}
-            if cfg.problems == "self":
-                # 1. problems written by the policy, 2. G rollouts each, 3. rewards; kept when mixed
-                with timer("generate"):
-                    proposed = propose_problems(cfg, m.sampler, m.tok, task, step, difficulty)  # same on every rank
-                index = list(range(rank, len(proposed), world))
-                candidates = score(cfg, task, m.judge, rollout(cfg, m.sampler, m.tok, task, proposed, index, step,
-                                                               "self", timer), step, "self", timer)
-                groups = [g for g in candidates if len({r["reward"] for r in g}) > 1][:quota]
-                source = {"proposed_valid": len(proposed), "problems_self": len(groups)}
-            if len(groups) < quota:
-                # 1. problems from the task's generator (this rank's share; a top-up after self-proposed ones)
-                problems = task.make_problems(cfg.prompts_per_step, seed=derive_seed(cfg.seed, step, "problems"),
-                                              split="train", **difficulty)
-                index = list(range(rank * quota, (rank + 1) * quota - len(groups)))
-                # 2. G rollouts per problem, 3. rewards: the judge's verdicts (or the verifier's)
-                groups += score(cfg, task, m.judge, rollout(cfg, m.sampler, m.tok, task, problems, index, step,
-                                                            "task", timer), step, "task", timer)
+            # 1. problems (this rank's share): the task's generator, or written by the policy and
+            #    admitted by its own judge; 2. G rollouts per problem; 3. rewards: the judge's verdicts
+            #    (or the verifier's)
+            if cfg.problems == "task":
+                groups, proposals, source = task_groups(cfg, m, task, step, quota, difficulty, timer), [], {}
+            else:
+                groups, proposals, source = self_proposed_groups(cfg, m, task, step, quota, buffer, difficulty,
+                                                                 timer)
         rows = [r for g in groups for r in g]
 
         with timer("update"):
-            # 4. advantages: each reward against its group's mean (and std)
-            batch = ppo_batch(rows, m.tok.pad_id, device)
-            batch["rewards"] = torch.tensor([r["reward"] for r in rows], device=device)
+            # 4. advantages: each reward against its group's mean (and std); proposals (--train-proposer)
+            #    against the step's other proposals
+            batch = ppo_batch(rows + proposals, m.tok.pad_id, device)
+            batch["rewards"] = torch.tensor([r["reward"] for r in rows + proposals], device=device)
             if cfg.advantage == "group":
-                batch["advantages"] = group_advantages(batch["rewards"], cfg.group_size, cfg.scale_std)
+                batch["advantages"] = torch.cat([group_advantages(batch["rewards"][:len(rows)], cfg.group_size,
+                                                                  cfg.scale_std),
+                                                 proposal_advantages(batch["rewards"][len(rows):])])
             # 5. PPO on the fp32 master weights; the sampler's copy follows
             stats = update_policy(cfg, m, optimizer, batch, value_head, device, dtype)
 
         # 6. log (every rank's rows, written by rank 0), held-out eval, checkpoint
         stats = merge_stats(stats, float(batch["response_mask"].sum()))
         groups = gather_groups(groups)
-        if source:
-            source["problems_self"] = len([g for g in groups if g[0]["what"] == "self"])
         line = step_metrics(step, groups, stats, cfg, source)
         if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.steps):
             line.update(heldout_eval(cfg, m, task, heldout, device))
@@ -126,7 +121,7 @@ def train_rl(cfg: TrainConfig) -> str:
         bar.set_postfix(reward=f"{line['reward_mean']:.3f}", judge_agree=fmt(line.get("judge_accuracy")),
                         heldout_acc=fmt(last_acc))
         if step % cfg.save_interval == 0 or step == cfg.steps:
-            save_checkpoint(cfg, m.policy, m.tok, m.meta, optimizer, value_head, step)
+            save_checkpoint(cfg, m.policy, m.tok, m.meta, optimizer, value_head, step, buffer.state())
     bar.close()
     if rank == 0:
         print(run_summary(metrics_file))
@@ -166,7 +161,7 @@ def load_models(cfg, ckpt, task, device, dtype, world) -> Models:
     if cfg.kl_coef > 0 or cfg.judge == "frozen":
         reference = Qwen.from_pretrained(cfg.model, dtype=dtype, device=frozen_device).requires_grad_(False)
     judge = None
-    if cfg.reward == "self":
+    if cfg.reward == "self" or cfg.problems == "self":  # (--problems self: the judge also admits proposals)
         judge_model, judge_tok, judge_style = sampler, tok, cfg.prompt_style
         if cfg.judge == "frozen":
             judge_model = reference
@@ -259,6 +254,80 @@ def log_step(metrics_file, samples_file, line, row, tok, cfg, bar):
 # Helpers of the loop: problems, rollouts, rewards, the PPO batch, metrics
 
 
+def task_groups(cfg, m, task, step, quota, difficulty, timer, k=None) -> list[list[dict]]:
+    """This rank's k (default: quota) of the step's task-generated problems -> G scored rollouts each."""
+    rank, _ = rank_and_world()
+    k = quota if k is None else k
+    problems = task.make_problems(cfg.prompts_per_step, seed=derive_seed(cfg.seed, step, "problems"), split="train",
+                                  **difficulty)
+    index = list(range(rank * quota, rank * quota + k))
+    return score(cfg, task, m.judge, rollout(cfg, m.sampler, m.tok, task, problems, index, step, "task", timer),
+                 step, "task", timer)
+
+
+def self_proposed_groups(cfg, m, task, step, quota, buffer, difficulty, timer):
+    """RLSR's complete loop (propose.py): the policy proposes problems with witnesses, its judge admits
+    them, G rollouts each are self-judged, and the groups inside the learnability band are kept; a
+    short step reuses admitted problems from the buffer (task problems only while it is empty).
+    --problems self-mixed is the earlier method, kept for comparison: no witness, no admission, a
+    group kept when its rewards are mixed.
+    -> (this rank's groups, proposal rows for --train-proposer, metrics)."""
+    rank, world = rank_and_world()
+    rng = random.Random(derive_seed(cfg.seed, step, "examples"))
+    shown, from_task = propose.examples(cfg, task, buffer, rng, difficulty)  # the same on every rank
+    with timer("generate"):
+        proposals = propose.propose(cfg, m.sampler, m.tok, task, shown, derive_seed(cfg.seed, step, "propose"))
+    with timer("judge"):
+        if cfg.problems == "self-mixed":
+            admitted = propose.admit(proposals, None, buffer, shown, seeds=None, task=task)
+        else:
+            admitted = propose.admit(proposals, m.judge, buffer, shown, task=task,
+                                     seeds=[derive_seed(cfg.seed, step, f"admit/{i}") for i in range(len(proposals))])
+    problems = [p["problem"] for p in admitted]
+    candidates = score(cfg, task, m.judge, rollout(cfg, m.sampler, m.tok, task, problems,
+                                                   list(range(rank, len(problems), world)), step, "self", timer),
+                       step, "self", timer)
+    rates = dict(x for part in all_ranks([(propose.canonical(g[0]["problem"]), propose.pass_rate(g))
+                                          for g in candidates]) for x in part)
+    old_buffer = propose.ProblemBuffer(buffer.state())
+    for problem in problems:  # every rank adds the same problems in the same order
+        buffer.add(problem, rates[propose.canonical(problem)])
+    if cfg.problems == "self-mixed":
+        groups = [g for g in candidates if len({r["reward"] for r in g}) > 1][:quota]
+    else:
+        groups = [g for g in candidates if propose.in_band(g, cfg.band)][:quota]
+    n_self = len(groups)
+    if len(groups) < quota and old_buffer.items and cfg.problems == "self":  # reuse earlier admitted problems
+        again = propose.reuse(old_buffer, cfg.band, quota - len(groups),
+                              random.Random(derive_seed(cfg.seed, step, f"reuse/{rank}")))
+        reused = score(cfg, task, m.judge, rollout(cfg, m.sampler, m.tok, task, again, list(range(len(again))), step,
+                                                   f"reuse/{rank}", timer), step, f"reuse/{rank}", timer)
+        for g in reused:
+            buffer.add(g[0]["problem"], propose.pass_rate(g))
+        groups += reused
+    n_reused = len(groups) - n_self
+    if len(groups) < quota:  # nothing of its own yet: the task's problems
+        groups += task_groups(cfg, m, task, step, quota, difficulty, timer, k=quota - len(groups))
+    source = {**propose.measure(task, proposals, candidates), "examples_from_task": from_task}
+    counts = all_ranks((n_self, n_reused, len(groups)))
+    source.update(problems_self=sum(c[0] for c in counts), problems_reused=sum(c[1] for c in counts))
+    source["self_share"] = (source["problems_self"] + source["problems_reused"]) / sum(c[2] for c in counts)
+    proposal_rows = []
+    if cfg.train_proposer:  # this rank's share of the proposals, each with its learnability reward
+        for p, reward in zip(proposals, propose.proposer_rewards(proposals, rates, cfg.band)):
+            p["reward"] = reward
+        proposal_rows = proposals[rank::world]
+        source["proposer_reward"] = sum(p["reward"] for p in proposals) / len(proposals)
+    return groups, proposal_rows, source
+
+
+def proposal_advantages(rewards, eps=1e-6):
+    """The proposer's own normalisation: each proposal's reward against the step's proposals."""
+    if rewards.numel() < 2:
+        return torch.zeros_like(rewards)
+    return (rewards - rewards.mean()) / (rewards.std() + eps)
+
+
 def run_summary(metrics_file) -> str:
     """Held-out accuracy first -> last, and the judge against the verifier summed over the run."""
     with open(metrics_file) as f:
@@ -287,26 +356,6 @@ def eval_note(line) -> str:
 def derive_seed(seed: int, step: int, what: str) -> int:
     """A seed for one purpose at one step: runs (and resumed runs) see the same problems and samples."""
     return zlib.crc32(f"{seed}/{step}/{what}".encode())
-
-
-def propose_problems(cfg, model, tok, task, step, difficulty) -> list[dict]:
-    """The policy writes problems: propose_prompt with a few example problems, parse_problem
-    validates, duplicates (and copies of the examples) are dropped. No answers, no verifier."""
-    examples = task.make_problems(cfg.propose_examples, seed=derive_seed(cfg.seed, step, "examples"), split="train",
-                                  **difficulty)
-    prompt = tok.encode_chat(task.propose_prompt(examples, style=cfg.prompt_style))
-    out = sample.generate(model, [prompt], n=cfg.propose_n, max_new_tokens=cfg.propose_max_new_tokens,
-                          temperature=cfg.temperature, top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
-                          seed=derive_seed(cfg.seed, step, "propose"), compile=cfg.compile)
-    seen = {json.dumps(p, sort_keys=True) for p in examples}
-    problems = []
-    for i in range(cfg.propose_n):
-        problem = task.parse_problem(decode_completion(tok, out.completion(i)))
-        key = json.dumps(problem, sort_keys=True)
-        if problem is not None and key not in seen:
-            seen.add(key)
-            problems.append(problem)
-    return problems
 
 
 def rollout(cfg, model, tok, task, problems, index, step, what, timer) -> list[dict]:
@@ -404,8 +453,7 @@ def step_metrics(step, groups, stats, cfg, source) -> dict:
             "groups_mixed": sum(len({r["reward"] for r in g}) > 1 for g in groups) / len(groups),
             "len_mean": sum(lengths) / n, "len_max": max(lengths),
             "truncated_rate": sum(r["truncated"] for r in rows) / n}
-    if cfg.problems == "self":
-        line.update(source)
+    line.update(source)
     if cfg.self_correct:  # rollout_acc is the final answer's; a falling turn-1 accuracy shows answering wrong on purpose
         m = self_correct_metrics([r["first_correct"] for r in rows], [r["correct"] for r in rows],
                                  [r["first_verdict"] for r in rows])

@@ -310,9 +310,10 @@ def judge_prompt(problem, answer, style="full"):
 PROPOSE_USER = ("Here are some Countdown problems. Each gives a list of numbers and a target; a solution "
                 "combines every number exactly once with +, -, *, / and parentheses to reach the target.\n"
                 "{examples}\nWrite one new Countdown problem of similar difficulty ({lo} to {hi} numbers, "
-                "each between {nmin} and {nmax}, a whole-number target) that can be solved. Think first, "
-                "then give the problem in <answer> </answer> tags in exactly this form: "
-                "<answer>nums 3 5 7 target 22</answer>")
+                "each between {nmin} and {nmax}, a whole-number target) together with a solution of it: "
+                "choose the numbers, combine them step by step, and take the result as the target. Then "
+                "give the problem and its solution in <answer> </answer> tags in exactly this form: "
+                "<answer>nums 3 5 7 target 22 by 3*5+7</answer>")
 
 
 def propose_prompt(examples, style="full"):
@@ -355,6 +356,54 @@ def parse_problem(text, **limits):
     if not lim["min_target"] <= target <= lim["max_target"]:
         return None
     return {"numbers": numbers, "target": target}
+
+
+_WITNESS = re.compile(r"^\s*(?:by|via|with|solution|:|=)\s*:?\s*(.{1,200}?)\s*$", re.IGNORECASE | re.DOTALL)
+
+
+def parse_proposal(text, **limits):
+    """A proposal with its witness, "<answer>nums 4 9 2 target 34 by 4*9-2</answer>" -> (problem,
+    witness expression text) or None. The witness is only parsed here (the judge decides whether it
+    is right); a proposal without one is no proposal."""
+    if not isinstance(text, str):
+        return None
+    body = (extract_answer(text) or "")[-2000:]
+    matches = list(_PROBLEM.finditer(body))
+    problem = parse_problem(body, **limits) if matches else None
+    if problem is None:
+        return None
+    witness = _WITNESS.match(body[matches[-1].end():])
+    if witness is None or parse(witness.group(1)) is None:
+        return None
+    return problem, witness.group(1)
+
+
+def solvable(problem, max_nodes=200_000) -> bool:
+    """Whether some expression reaches the target (a bounded search; for measuring proposals only)."""
+    return solve(problem["numbers"], problem["target"], max_nodes=max_nodes) is not None
+
+
+def proposal_text(rng, style="compact", **difficulty):
+    """A correct proposer response: numbers drawn as make_problems draws them, an expression over them
+    worked step by step, and its value as the target -> "steps\n<answer>nums ... target T by EXPR</answer>"."""
+    d = _difficulty(difficulty)
+    for _ in range(10_000):
+        numbers = [rng.randint(d["min_number"], d["max_number"]) for _ in range(rng.randint(d["min_count"],
+                                                                                           d["max_count"]))]
+        expr = _random_expression(rng, numbers)
+        tree = parse(expr) if expr else None
+        try:
+            value, steps = _steps(tree) if tree else (None, None)
+        except ZeroDivisionError:
+            continue
+        if value is not None and value.denominator == 1 and d["min_target"] <= value <= d["max_target"]:
+            problem = {"numbers": numbers, "target": int(value)}
+            if split_of(problem) == "train":
+                line = f"<answer>{problem_text(problem)} by {expr}</answer>"
+                if check_style(style) == "compact":
+                    return "\n".join(steps) + "\n" + line
+                return f"<think> {', '.join(x.replace('=', ' = ') for x in steps)}. </think>\n{line}"
+    raise ValueError("no proposal found for these difficulty knobs")
 
 
 # -----------------------------------------------------------------------------

@@ -41,8 +41,9 @@ def script(prompt, s):
         return f"<JUDGE_SCORE>{int(any(c.isdigit() for c in answer))}</JUDGE_SCORE>"
     if "Write one new Countdown problem" in prompt:
         example = re.search(r"nums [\d ]+ target \d+", prompt).group(0)
-        return [f"<answer>{example}</answer>", f"<answer>{NEW_A}</answer>", f"ok <answer>{NEW_A}</answer>",
-                f"<answer>{NEW_B}</answer>", "junk", "nums 1 target"][s % 6]
+        return [f"<answer>{example} by 1+1</answer>", f"<answer>{NEW_A} by 3*5+7</answer>",
+                f"ok <answer>{NEW_A} by 7+3*5</answer>", f"<answer>{NEW_B} by 2*3*4</answer>", "junk",
+                "<answer>nums 1 target</answer>"][s % 6]
     if s % 2:
         return None
     m = re.search(r"numbers \[([\d, ]+)\], create an equation that equals (\d+)", prompt)
@@ -100,8 +101,12 @@ def test_two_steps_of_the_loop(tiny_ckpt, scripted, tmp_path, reward, problems):
             assert tp + fp + tn + fn == line["judge_judged"] == 2 and fp == 0
         else:
             assert "judge_tp" not in line
-        if problems == "self":  # the copy of an example and the duplicate are dropped
-            assert line["proposed_valid"] == 2 and line["problems_self"] == 2
+        if problems == "self" and line["step"] == 1:  # the example's copy and a repeat dropped, both admitted
+            assert line["proposed_valid"] == 4 and line["proposed_repeat"] == 2 and line["admitted"] == 2
+            assert line["problems_self"] == 2 and line["self_share"] == 1.0 and line["admitted_solvable"] == 1.0
+        if problems == "self" and line["step"] == 2:  # all repeats now: the buffer's problems are reused
+            assert line["admitted"] == 0 and line["proposed_repeat"] == 4
+            assert line["problems_self"] == 0 and line["problems_reused"] == 2 and line["self_share"] == 1.0
     samples = read_lines(out / "samples.jsonl")
     for s in samples:  # the metrics' verifier: the logged rollouts re-checked
         assert s["correct"] == (s["answer"] is not None and countdown.verify(s["problem"], s["answer"]))
@@ -136,7 +141,7 @@ def test_self_problems_top_up_on_a_random_model(tiny_ckpt, tmp_path):
     """The tiny random model proposes nothing valid: task problems fill the step, which is logged."""
     lines = run("--model", tiny_ckpt, "--out", tmp_path / "r", "--problems", "self", *TINY, "--steps", "1",
                 "--eval-interval", "0")
-    assert lines[0]["problems_self"] == 0 and lines[0]["proposed_valid"] == 0
+    assert lines[0]["problems_self"] == 0 and lines[0]["proposed_valid"] == 0 and lines[0]["self_share"] == 0.0
     assert len(read_lines(tmp_path / "r" / "samples.jsonl")) == 1
 
 
