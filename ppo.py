@@ -1,23 +1,27 @@
-"""PPO for RLSR: fused token log-probs, advantages (group / GAE), the clipped loss, the update loop.
+"""PPO for RLSR: advantages, the clipped loss, the update loop, and the fused log-probs they run on.
 
 Reads top to bottom:
-  1. token_logprobs  -- log p(target) under softmax(hidden @ W.T / T) without ever building the
-                        [tokens, vocab] logits (Qwen's 151,936-token vocab makes them gigabytes):
-                        a chunked PyTorch autograd Function everywhere, Triton kernels on CUDA.
-  2. advantages      -- `group` (GRPO / Dr. GRPO, RLSR's setting) and `gae` (value head, classic PPO).
-  3. ppo_loss        -- clipped ratio (+ dual clip), k3 KL to the reference, entropy bonus,
-                        token-level mean over the batch.
-  4. ppo_update      -- epochs x minibatches x micro-batches with gradient accumulation.
+  1. Advantages   -- `group` (GRPO / Dr. GRPO, RLSR's setting) and `gae` (a value head, classic PPO).
+  2. Loss         -- ppo_loss: clipped ratio (+ dual clip), k3 KL to the reference, entropy bonus,
+                     token-level mean over the batch; value_loss for gae.
+  3. Update       -- response_logprobs (one forward, lm_head fused into the log-probs) and ppo_update
+                     (epochs x minibatches x micro-batches with gradient accumulation).
+  4. Token log-probs -- log p(target) under softmax(hidden @ W.T / T) without ever building the
+                     [tokens, vocab] logits (Qwen's 151,936-token vocab makes them gigabytes):
+                     a chunked PyTorch autograd Function everywhere, Triton kernels on CUDA.
 
 Convention for [B, T] tensors (input_ids, response_mask, logp, old_logp, ref_logp, advantages,
 values): position t refers to token input_ids[:, t], predicted from hidden[:, t-1]. So
 response_mask[:, t] = 1 where input_ids[:, t] is a sampled completion token, response_mask[:, 0]
 is always 0, and logp[:, t] = log p(input_ids[:, t] | input_ids[:, :t]) (0 off the mask).
+
+Precision: the policy keeps fp32 master weights; with compute_dtype=torch.bfloat16 each forward
+runs in its own autocast region and the log-probs take bf16 hidden states and a bf16 lm_head
+(fp32 accumulation), so the Triton kernels use tensor cores.
 """
 
-import math
 import os
-from dataclasses import dataclass
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -31,7 +35,356 @@ except ImportError:
     triton = None
 
 # -----------------------------------------------------------------------------
-# 1. Fused token log-probs
+# 1. Advantages
+
+
+def group_advantages(rewards, group_size, scale_std=True, eps=1e-6):
+    """GRPO: rewards [P*G] (G samples per prompt, contiguous) -> (r - group mean) / (group std + eps).
+
+    scale_std=False gives Dr. GRPO's r - mean (no difficulty re-weighting). A group whose rewards are
+    all equal gets 0 advantages. std is the unbiased one, as in GRPO.
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    r = rewards.float().view(-1, group_size)
+    adv = r - r.mean(1, keepdim=True)
+    if scale_std and group_size > 1:
+        adv = adv / (r.std(1, keepdim=True) + eps)
+    return adv.view(-1)
+
+
+def gae_advantages(rewards, values, mask, gamma=1.0, lam=1.0):
+    """GAE(gamma, lambda) over the masked (response) positions of each row.
+
+    rewards, values, mask [B, T] (rewards off the mask are ignored; a sequence reward sits on the
+    last response token) -> (advantages [B, T], returns = advantages + values [B, T]), 0 off the mask.
+    The value after a row's last response token is 0 (the episode ends there).
+    """
+    mask = mask.float()
+    adv = torch.zeros_like(values, dtype=torch.float32)
+    next_value = torch.zeros(values.shape[0], device=values.device)
+    next_adv = torch.zeros_like(next_value)
+    for t in reversed(range(values.shape[1])):
+        on = mask[:, t] > 0
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        a = delta + gamma * lam * next_adv
+        adv[:, t] = torch.where(on, a, 0.0)
+        next_value = torch.where(on, values[:, t].float(), next_value)  # skip gaps in the mask
+        next_adv = torch.where(on, a, next_adv)
+    return adv, (adv + values) * mask
+
+
+class ValueHead(nn.Module):
+    """V(state) from the policy's final hidden state: hidden [..., d] -> values [...] fp32."""
+
+    def __init__(self, hidden_size):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.proj.weight)  # start at V = 0: no random critic noise in the first advantages
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, hidden):
+        return self.proj(hidden.float()).squeeze(-1)
+
+
+# -----------------------------------------------------------------------------
+# 2. Loss
+
+
+def ppo_loss(logp, old_logp, advantages, mask, ref_logp=None, clip_eps=0.2, dual_clip=None, kl_coef=0.001,
+             entropy=None, entropy_coef=0.0, num_tokens=None):
+    """Clipped-ratio PPO loss, token-level mean over every unmasked token of the batch.
+
+    logp, old_logp, advantages, mask [B, T] (a [B] sequence advantage: broadcast it first);
+    ref_logp [B, T] for the k3 KL penalty (skipped when None or kl_coef == 0); dual_clip c > 1
+    bounds the loss of negative-advantage tokens by -c*A (None or 0: off); entropy [B, T] for
+    logging and, with entropy_coef > 0, a bonus (then it must be differentiable). num_tokens: the
+    normaliser when this is one micro-batch of a larger minibatch (default mask.sum()).
+    Returns (loss, stats): stats are 0-d fp32 tensors (no host sync), means over the masked tokens:
+    pg_loss, clip_frac, approx_kl (old -> new, k3), ratio, entropy, kl_ref.
+    """
+    on = mask > 0
+    m = on.float()
+    n = (m.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=torch.float32)).clamp(min=1)
+    log_ratio = torch.where(on, logp - old_logp, 0.0)  # where, not *mask: garbage off the mask stays out
+    ratio = torch.exp(log_ratio)
+    pg1 = -advantages * ratio
+    pg2 = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
+    pg = torch.maximum(pg1, pg2)
+    if dual_clip:
+        pg = torch.where(advantages < 0, torch.minimum(pg, -advantages * dual_clip), pg)
+    per_token = pg
+    kl = None
+    if ref_logp is not None and kl_coef > 0:
+        d = torch.where(on, ref_logp - logp, 0.0)
+        kl = torch.exp(d) - d - 1  # k3: unbiased, always >= 0
+        per_token = per_token + kl_coef * kl
+    if entropy is not None and entropy_coef > 0:
+        per_token = per_token - entropy_coef * entropy
+    loss = torch.where(on, per_token, 0.0).sum() / n
+
+    with torch.no_grad():
+        k = m.sum().clamp(min=1)
+
+        def mean(x):
+            return torch.where(on, x.float(), 0.0).sum() / k if x is not None else k.new_zeros(())
+
+        stats = dict(pg_loss=mean(pg), clip_frac=mean(pg2 > pg1), approx_kl=mean(ratio - 1 - log_ratio),
+                     ratio=mean(ratio), entropy=mean(entropy), kl_ref=mean(kl))
+    return loss, stats
+
+
+def value_loss(values, old_values, returns, mask, value_clip=0.2, num_tokens=None):
+    """Clipped value loss 0.5 * max((V - R)^2, (V_clipped - R)^2), token-level mean. [B, T] each;
+    value_clip None or 0: unclipped."""
+    m = mask.float()
+    n = (m.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=torch.float32)).clamp(min=1)
+    err = (values - returns) ** 2
+    if value_clip:
+        clipped = old_values + (values - old_values).clamp(-value_clip, value_clip)
+        err = torch.maximum(err, (clipped - returns) ** 2)
+    return 0.5 * (err * m).sum() / n
+
+
+# -----------------------------------------------------------------------------
+# 3. The update
+
+
+def forward_autocast(device, compute_dtype):
+    """bf16 autocast for one forward, or nothing for fp32. A fresh region per forward and no weight-cast
+    cache: a cached bf16 copy would outlive optimizer.step() and later forwards would see old weights."""
+    if compute_dtype == torch.float32:
+        return nullcontext()
+    if compute_dtype != torch.bfloat16:
+        raise ValueError(f"compute_dtype must be torch.float32 or torch.bfloat16, got {compute_dtype}")
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=False)
+
+
+def response_logprobs(model, input_ids, response_mask, temperature=1.0, return_entropy=False, value_head=None,
+                      compute_dtype=torch.float32):
+    """One forward; lm_head fused into the log-prob for the response positions only.
+
+    input_ids, response_mask [B, T] -> logp [B, T] fp32, entropy [B, T] or None, values [B, T] or None
+    (0 off the mask; position t holds token t's log-prob from hidden[t-1], see the module docstring).
+    compute_dtype=torch.bfloat16: the forward runs in its own autocast region, and the log-probs get
+    bf16 hidden states [N, d] and a bf16 cast of the lm_head [V, d] (its gradient reaches the fp32
+    weight through the cast); the value head stays fp32.
+    """
+    with forward_autocast(input_ids.device, compute_dtype):
+        hidden = model(input_ids, return_hidden=True)        # [B, T, d]
+    on = response_mask[:, 1:] > 0
+    h = hidden[:, :-1][on]                                   # [N, d]: the states that predict response tokens
+    W = model.output_weight                                  # [V, d]
+    out = token_logprobs(h.to(compute_dtype), W.to(compute_dtype), input_ids[:, 1:][on], temperature,
+                         return_entropy)
+    logp, ent = out if return_entropy else (out, None)
+
+    def to_bt(x):  # [N] -> [B, T], zeros elsewhere (differentiable)
+        return F.pad(torch.zeros(on.shape, device=x.device, dtype=x.dtype).masked_scatter(on, x), (1, 0))
+
+    values = to_bt(value_head(h)) if value_head is not None else None
+    return to_bt(logp), (to_bt(ent) if ent is not None else None), values
+
+
+def tokens_per_rank(n):
+    """Response tokens n (a tensor), or under torchrun their mean over the ranks: each rank's loss is
+    its token sum / that mean, and FSDP averages gradients over ranks, so the gradient is the
+    token-level mean over the global minibatch (2 ranks x half the batch == 1 rank x all of it)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        n = n.clone()
+        dist.all_reduce(n)
+        n = n / dist.get_world_size()
+    return n
+
+
+def _split(rows, size):
+    return [rows[i:i + size] for i in range(0, len(rows), size)]
+
+
+def ppo_update(policy, optimizer, batch, cfg, ref_model=None, value_head=None, compute_dtype=torch.float32):
+    """Run cfg.ppo_epochs x minibatches of PPO on one batch of rollouts; returns mean stats (floats).
+
+    cfg: a config.TrainConfig, duck-typed: only ppo_epochs, minibatch_size (GLOBAL rollouts per
+    optimizer step, over all torchrun ranks; 0: the whole batch), micro_batch_size (rollouts per
+    forward on this rank; 0: the rank's minibatch), clip_eps, dual_clip (0: off), kl_coef,
+    entropy_coef, max_grad_norm, temperature, advantage, group_size, scale_std, gamma, lam, vf_coef,
+    value_clip (0: unclipped), whiten_gae and recompute_old_logp are read.
+    batch (this rank's rows): input_ids [B, T] (prompt + completion, right padded), response_mask
+    [B, T] (1 at completion tokens: position t is token t, predicted from hidden[t-1]), advantages
+    [B] or [B, T] (or rewards [B] with cfg.group_size for group advantages; rewards [B] for gae),
+    optionally old_logp [B, T] (the sampler's, at cfg.temperature) and ref_logp [B, T]. With gae,
+    value_head's parameters must be in the optimizer. compute_dtype: torch.float32, or torch.bfloat16
+    for bf16 forwards over the fp32 weights, each in its own autocast region (see response_logprobs).
+    Do not wrap the call in autocast: one region around it caches bf16 weights across the steps.
+    Old log-probs: unless cfg.recompute_old_logp is False and old_logp is given, they come from our
+    own forward -- the first minibatch of epoch 0 takes them from its training forward (no step has
+    happened yet), the other rows from one no-grad pass first.
+    Stats: token-weighted means of ppo_loss's stats (and vf_loss with gae), the mean per optimizer
+    step of loss and grad_norm, and sampler_logp_err: the max over all response tokens of the batch
+    of |sampler - recomputed| old log-prob (when both exist). Kept as tensors, read once at the end.
+    """
+    ids, mask = batch["input_ids"], batch["response_mask"].float()
+    B, T = ids.shape
+    dev = ids.device
+    gae = cfg.advantage == "gae"
+    if gae and value_head is None:
+        raise ValueError("advantage='gae' needs a value_head")
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if cfg.minibatch_size % world:
+        raise ValueError(f"minibatch_size {cfg.minibatch_size} is global: it must be a multiple of the "
+                         f"{world} ranks")
+    mb = cfg.minibatch_size // world or B  # this rank's rows per optimizer step
+    micro = min(cfg.micro_batch_size or mb, mb)
+    perms = [torch.randperm(B) for _ in range(cfg.ppo_epochs)]  # host indices: row lengths need no sync
+    # per row: last response position + 1 (1 when none), read once so each micro-batch cuts its padding
+    ends = ((mask > 0) * torch.arange(1, T + 1, device=dev)).amax(1).clamp(min=1).cpu()
+    have_old = batch.get("old_logp") is not None
+    need_old = not have_old or cfg.recompute_old_logp
+    old_logp = torch.zeros(B, T, device=dev) if need_old else batch["old_logp"].float()
+    sampler_err = []  # per micro-batch: max |sampler - recomputed| old log-prob
+
+    def on_dev(rows):  # a pageable host->device copy is staged at once: no wait for the device
+        return rows.to(dev, non_blocking=True)
+
+    def select(rows, tensors):
+        """Rows (host indices) of mask and of each [B, T] tensor in a dict, cut after the rows' last
+        response token (causal attention: the cut columns change nothing)."""
+        t = int(ends[rows].max())
+        r = on_dev(rows)
+        return r, mask[r, :t], {k: x[r, :t] for k, x in tensors.items()}
+
+    def forward(model, x, mask_r, entropy=False, head=None):
+        return response_logprobs(model, x["ids"], mask_r, cfg.temperature, entropy, head, compute_dtype)
+
+    def check_sampler(r, mask_r, lp):
+        if have_old and need_old:
+            err = (batch["old_logp"][r, :mask_r.shape[1]].float() - lp).abs()
+            sampler_err.append(torch.where(mask_r > 0, err, 0.0).amax())
+
+    # no-grad pass: old log-probs of the rows outside epoch 0's first minibatch; with gae, old values of all rows
+    pre_rows = torch.arange(B) if gae else perms[0][mb:] if need_old else perms[0][:0]
+    old_values = torch.zeros(B, T, device=dev) if gae else None
+    with torch.no_grad():
+        for rows in _split(pre_rows, micro):
+            r, mask_r, x = select(rows, dict(ids=ids))
+            lp, _, v = forward(policy, x, mask_r, head=value_head if gae else None)
+            if need_old:
+                old_logp[r, :lp.shape[1]] = lp
+                check_sampler(r, mask_r, lp)
+            if gae:
+                old_values[r, :v.shape[1]] = v
+
+    # advantages, per token
+    if gae:
+        last = (mask * torch.arange(T, device=dev)).argmax(1)  # the sequence reward goes on the last response token
+        rewards = torch.zeros(B, T, device=dev).scatter(1, last[:, None], batch["rewards"].float()[:, None])
+        adv, returns = gae_advantages(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_gae:
+            on = mask > 0
+            adv = torch.where(on, (adv - adv[on].mean()) / (adv[on].std() + 1e-8), 0.0)
+    else:
+        adv = batch.get("advantages")
+        if adv is None:
+            adv = group_advantages(batch["rewards"], cfg.group_size, cfg.scale_std)
+        adv = adv.float()
+        adv = (adv[:, None] if adv.dim() == 1 else adv) * mask
+
+    # reference log-probs for the KL penalty (kl_coef == 0: no reference pass at all)
+    ref_logp = batch.get("ref_logp") if cfg.kl_coef > 0 else None
+    if cfg.kl_coef > 0 and ref_logp is None:
+        if ref_model is None:
+            raise ValueError("kl_coef > 0 needs batch['ref_logp'] or a ref_model")
+        ref_logp = torch.zeros(B, T, device=dev)
+        with torch.no_grad():
+            for rows in _split(torch.arange(B), micro):
+                r, mask_r, x = select(rows, dict(ids=ids))
+                ref_logp[r, :mask_r.shape[1]] = forward(ref_model, x, mask_r)[0]
+
+    per_row = dict(ids=ids, adv=adv, old=old_logp)
+    if ref_logp is not None:
+        per_row["ref"] = ref_logp
+    if gae:
+        per_row.update(old_values=old_values, returns=returns)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sums, tokens, steps = {}, 0.0, 0  # running sums as fp64 device tensors: no host sync until the end
+
+    for epoch, perm in enumerate(perms):
+        for i0 in range(0, B, mb):
+            rows = perm[i0:i0 + mb]
+            n_tok = tokens_per_rank(mask[on_dev(rows)].sum()).clamp(min=1)  # token-level mean over the minibatch
+            optimizer.zero_grad(set_to_none=True)
+            mb_loss = 0.0
+            for micro_rows in _split(rows, micro):
+                r, mask_r, x = select(micro_rows, per_row)
+                logp, ent, values = forward(policy, x, mask_r, True, value_head if gae else None)
+                if need_old and epoch == 0 and i0 == 0 and not gae:  # no step yet: this forward is the old policy
+                    x["old"] = logp.detach()
+                    old_logp[r, :mask_r.shape[1]] = x["old"]
+                    check_sampler(r, mask_r, x["old"])
+                loss, st = ppo_loss(logp, x["old"], x["adv"], mask_r, x.get("ref"), cfg.clip_eps, cfg.dual_clip,
+                                    cfg.kl_coef, ent, cfg.entropy_coef, num_tokens=n_tok)
+                if gae:
+                    vl = value_loss(values, x["old_values"], x["returns"], mask_r, cfg.value_clip, n_tok)
+                    loss = loss + cfg.vf_coef * vl
+                    st["vf_loss"] = vl.detach() * n_tok / mask_r.sum().clamp(min=1)
+                loss.backward()
+                mb_loss = mb_loss + loss.detach().double()
+                n_r = mask_r.sum().double()
+                for k, v in st.items():
+                    sums[k] = sums.get(k, 0.0) + v.double() * n_r
+                tokens = tokens + n_r
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+                grad_norm = grad_norm.full_tensor()
+            optimizer.step()
+            sums["loss"] = sums.get("loss", 0.0) + mb_loss
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.double()
+            steps += 1
+
+    if not sums:
+        return {}
+    if sampler_err:  # a max over every response token of the batch, not a mean
+        sums["sampler_logp_err"] = torch.stack(sampler_err).amax().double()
+    names = list(sums)
+    *values, n_tokens = torch.stack([sums[k] for k in names] + [tokens]).tolist()  # the update's one stats sync
+    per = dict(loss=steps, grad_norm=steps, sampler_logp_err=1)  # the rest: per response token
+    return {k: v / max(per.get(k, n_tokens), 1e-12) for k, v in zip(names, values)}
+
+
+# -----------------------------------------------------------------------------
+# 4. Token log-probs without [N, V] logits
+
+
+CHUNK_BYTES = 32 * 2**20          # PyTorch path: one fp32 [tokens, vocab] logits block (~32 MB)
+TRITON_CHUNK_BYTES = 256 * 2**20  # Triton backward: one [tokens, vocab] block of logit gradients
+
+
+def token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=False, *, backend=None,
+                   chunk_bytes=None):
+    """log p(targets) under softmax(hidden @ weight.T / temperature), never building [N, V] logits.
+
+    hidden [..., d] (any float dtype), weight [V, d], targets [...] int -> logp [...] fp32, plus the
+    entropy of that distribution [...] fp32 with return_entropy (differentiable too). Differentiable
+    w.r.t. hidden and weight (gradients in their dtypes); fp32 accumulation. bf16 hidden and weight
+    run the Triton kernels on tensor cores. backend: None picks "triton" for CUDA tensors when triton
+    imports, else "torch". chunk_bytes: size of the logits block held at once.
+    """
+    if backend is None:
+        backend = ("triton" if hidden.is_cuda and triton is not None and targets.numel()
+                   and _acc_dtype(hidden, weight) == torch.float32 else "torch")
+    if backend == "triton" and triton is None:
+        raise RuntimeError("backend='triton' but triton is not installed")
+    if chunk_bytes is None:
+        chunk_bytes = TRITON_CHUNK_BYTES if backend == "triton" else CHUNK_BYTES
+    lead = targets.shape
+    h = hidden.reshape(-1, hidden.shape[-1])
+    t = targets.reshape(-1).long()
+    if backend == "triton":
+        h, weight, t = h.contiguous(), weight.contiguous(), t.contiguous()
+    logp, ent = _FusedLogprob.apply(h, weight, t, 1.0 / temperature, return_entropy, backend, chunk_bytes)
+    if return_entropy:
+        return logp.view(lead), ent.view(lead)
+    return logp.view(lead)
 
 
 def naive_token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=False):
@@ -45,8 +398,35 @@ def naive_token_logprobs(hidden, weight, targets, temperature=1.0, return_entrop
     return logp
 
 
-CHUNK_BYTES = 32 * 2**20          # PyTorch path: one fp32 [tokens, vocab] logits block (~32 MB)
-TRITON_CHUNK_BYTES = 256 * 2**20  # Triton backward: one [tokens, vocab] block of logit gradients
+class _FusedLogprob(torch.autograd.Function):
+    """(hidden [N, d], weight [V, d]) -> (logp [N], entropy [N]); saves only hidden, weight, targets,
+    lse and E[z] ([N] each): the backward recomputes the logits block by block."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, inv_temp, want_entropy, backend, chunk_bytes):
+        fwd = _triton_forward if backend == "triton" else _torch_forward
+        logp, ent, lse, ez = fwd(hidden, weight, targets, inv_temp, want_entropy, chunk_bytes)
+        ctx.save_for_backward(hidden, weight, targets, lse, ez)
+        ctx.cfg = (inv_temp, backend, chunk_bytes)
+        ctx.set_materialize_grads(False)  # an unused entropy output gets None, not a zero tensor
+        return logp, (ent if want_entropy else logp.new_empty(0))
+
+    @staticmethod
+    def backward(ctx, g, g_ent):
+        hidden, weight, targets, lse, ez = ctx.saved_tensors
+        inv_temp, backend, chunk_bytes = ctx.cfg
+        need_dh, need_dw = ctx.needs_input_grad[:2]
+        if (g is None and g_ent is None) or not (need_dh or need_dw):
+            return None, None, None, None, None, None, None
+        bwd = _triton_backward if backend == "triton" else _torch_backward
+        dh, dw = bwd(hidden, weight, targets, lse, ez, g, g_ent if ez is not None else None, inv_temp,
+                     need_dh, need_dw, chunk_bytes)
+        dh = dh.to(hidden.dtype) if need_dh else None
+        dw = dw.to(weight.dtype) if need_dw else None
+        return dh, dw, None, None, None, None, None
+
+
+# --- PyTorch path: chunks of the logits ----------------------------------------------------------
 
 
 def _acc_dtype(h, W):
@@ -242,48 +622,26 @@ if triton is not None:
         tl.store(OUT + rows[:, None].to(tl.int64) * stride_o + cols[None, :],
                  grad.to(OUT.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
-    @triton.jit
-    def _matmul_kernel(A, B, C, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       FP32: tl.constexpr, ACCUMULATE: tl.constexpr):
-        """C (+)= A @ B, fp32 C; strided, so dH = G @ W and dW += G.T @ H are the same kernel."""
-        pid_m, pid_n = tl.program_id(0), tl.program_id(1)
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            a = tl.load(A + rm[:, None].to(tl.int64) * stride_am + rk[None, :].to(tl.int64) * stride_ak,
-                        mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
-            b = tl.load(B + rk[:, None].to(tl.int64) * stride_bk + rn[None, :].to(tl.int64) * stride_bn,
-                        mask=(rk[:, None] < K) & (rn[None, :] < N), other=0.0)
-            acc = _dot(a, b, acc, FP32)
-        c_ptr = C + rm[:, None].to(tl.int64) * stride_cm + rn[None, :].to(tl.int64) * stride_cn
-        c_ok = (rm[:, None] < M) & (rn[None, :] < N)
-        if ACCUMULATE:  # each C tile belongs to one program: deterministic, no atomics
-            acc += tl.load(c_ptr, mask=c_ok, other=0.0)
-        tl.store(c_ptr, acc, mask=c_ok)
+
+# Tile sizes (BLOCK_N, BLOCK_V, BLOCK_D, num_warps) and forward vocab splits. Not autotuned; tests
+# shrink them to exercise the tile edges under the interpreter.
+TRITON_CONFIG = dict(fwd=(64, 128, 64, 8), dlogits=(64, 128, 64, 8), splits=None)
 
 
-# Tile sizes (BLOCK_N/M, BLOCK_V/N, BLOCK_D/K, num_warps) and forward vocab splits. Not autotuned;
-# tests shrink them to exercise the tile edges under the interpreter.
-TRITON_CONFIG = dict(fwd=(64, 128, 64, 8), dlogits=(64, 128, 64, 8), matmul=(64, 64, 32, 4), splits=None)
+def _dtype16(h, W):
+    """The 16-bit dtype shared by h and W (tensor-core operands), or None."""
+    return h.dtype if h.dtype == W.dtype and h.dtype in (torch.bfloat16, torch.float16) else None
 
 
 def _triton_fp32(h, W):
-    """Load fp32 operands for tl.dot unless both are the same 16-bit type (interpreter: always)."""
-    same16 = h.dtype == W.dtype and h.dtype in (torch.bfloat16, torch.float16)
-    return not same16 or os.environ.get("TRITON_INTERPRET") == "1"
+    """Load fp32 operands for tl.dot unless both are the same 16-bit type (interpreter: always, its
+    bf16 tl.dot is wrong)."""
+    return _dtype16(h, W) is None or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _triton_matmul(a, b, c, accumulate, fp32):
-    BM, BN, BK, warps = TRITON_CONFIG["matmul"]
-    M, K = a.shape
-    N = b.shape[1]
-    grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
-    _matmul_kernel[grid](a, b, c, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-                         c.stride(0), c.stride(1), BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, FP32=fp32,
-                         ACCUMULATE=accumulate, num_warps=warps)
+def _on_device(t):
+    """Launch kernels on t's GPU, not the current one (a process may use cuda:1 without set_device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else nullcontext()
 
 
 def _triton_forward(h, W, targets, inv_temp, want_entropy, chunk_bytes):
@@ -299,9 +657,10 @@ def _triton_forward(h, W, targets, inv_temp, want_entropy, chunk_bytes):
     tiles_per_split = triton.cdiv(n_tiles, max(1, min(splits, n_tiles)))
     splits = triton.cdiv(n_tiles, tiles_per_split)  # so that no split is empty
     m, s, a, zt = torch.empty(4, splits, N, device=h.device, dtype=torch.float32)
-    _logprob_fwd_kernel[(n_blocks, splits)](h, W, targets, m, s, a, zt, N, V, D, h.stride(0), W.stride(0),
-                                            inv_temp, tiles_per_split, BLOCK_N=BN, BLOCK_V=BV, BLOCK_D=BD,
-                                            FP32=_triton_fp32(h, W), num_warps=warps)
+    with _on_device(h):
+        _logprob_fwd_kernel[(n_blocks, splits)](h, W, targets, m, s, a, zt, N, V, D, h.stride(0), W.stride(0),
+                                                inv_temp, tiles_per_split, BLOCK_N=BN, BLOCK_V=BV, BLOCK_D=BD,
+                                                FP32=_triton_fp32(h, W), num_warps=warps)
     m_max = m.amax(0)
     scale = torch.exp(m - m_max)
     s_tot = (s * scale).sum(0)
@@ -314,376 +673,37 @@ def _triton_forward(h, W, targets, inv_temp, want_entropy, chunk_bytes):
 
 
 def _triton_backward(h, W, targets, lse, ez, g, g_ent, inv_temp, need_dh, need_dw, chunk_bytes):
-    """Per token chunk: the dlogits kernel fills a [chunk, V] block, two matmuls give dH and dW."""
+    """Per token chunk: the dlogits kernel recomputes the logits and fills a [chunk, V] block G of
+    dL/dz (the one step torch cannot fuse), then cuBLAS does dH = G @ W and dW += G.T @ H.
+
+    bf16 inputs: G, dH and dW are bf16 (fp32 accumulation inside each GEMM; dW rounds once per
+    token chunk). The chunk is a whole number of BLOCK_N tiles. Returns dh [N, d], dw [V, d].
+    """
     N, D = h.shape
     V = W.shape[0]
     fp32 = _triton_fp32(h, W)
-    gdtype = torch.float32 if fp32 else W.dtype  # bf16 gradients of logits, fp32 accumulation
-    n_chunk = max(16, min(N, chunk_bytes // (V * torch.finfo(gdtype).bits // 8)))
+    gdtype = _dtype16(h, W) or torch.float32  # also under the interpreter: the GEMMs run as on the GPU
+    BN, BV, BD, warps = TRITON_CONFIG["dlogits"]
+    rows = chunk_bytes // (V * torch.finfo(gdtype).bits // 8)
+    n_chunk = max(BN, min(triton.cdiv(N, BN), rows // BN) * BN)  # whole tiles: no ragged tile mid-batch
     G = torch.empty(n_chunk, V, device=h.device, dtype=gdtype)
     g = (g if g is not None else torch.zeros(N, device=h.device)).float().contiguous()
     ge = g_ent.float().contiguous() if g_ent is not None else g
     ez = ez if ez is not None else g
-    dh = torch.empty(N, D, device=h.device) if need_dh else None
-    dw = torch.zeros(V, D, device=h.device) if need_dw else None
-    BN, BV, BD, warps = TRITON_CONFIG["dlogits"]
+    Wg, hg = W.to(gdtype), h.to(gdtype)  # GEMM operands in G's dtype (a copy only for mixed h, W dtypes)
+    dh = torch.empty(N, D, device=h.device, dtype=gdtype) if need_dh else None
+    dw = torch.zeros(V, D, device=h.device, dtype=gdtype) if need_dw and N == 0 else None
     for n0 in range(0, N, n_chunk):
         n1 = min(N, n0 + n_chunk)
         Gc = G[:n1 - n0]
         grid = (triton.cdiv(n1 - n0, BN), triton.cdiv(V, BV))
-        _logprob_dlogits_kernel[grid](h[n0:n1], W, targets[n0:n1], lse[n0:n1], g[n0:n1], ge[n0:n1], ez[n0:n1],
-                                      Gc, n1 - n0, V, D, h.stride(0), W.stride(0), Gc.stride(0), inv_temp,
-                                      BLOCK_N=BN, BLOCK_V=BV, BLOCK_D=BD, FP32=fp32,
-                                      ENTROPY=g_ent is not None, num_warps=warps)
+        with _on_device(h):
+            _logprob_dlogits_kernel[grid](h[n0:n1], W, targets[n0:n1], lse[n0:n1], g[n0:n1], ge[n0:n1],
+                                          ez[n0:n1], Gc, n1 - n0, V, D, h.stride(0), W.stride(0), Gc.stride(0),
+                                          inv_temp, BLOCK_N=BN, BLOCK_V=BV, BLOCK_D=BD, FP32=fp32,
+                                          ENTROPY=g_ent is not None, num_warps=warps)
         if need_dh:
-            _triton_matmul(Gc, W, dh[n0:n1], accumulate=False, fp32=fp32)
-        if need_dw:
-            _triton_matmul(Gc.T, h[n0:n1], dw, accumulate=True, fp32=fp32)
+            torch.mm(Gc, Wg, out=dh[n0:n1])
+        if need_dw:  # the first chunk writes dW, the others add to it
+            dw = torch.mm(Gc.T, hg[n0:n1]) if n0 == 0 else dw.addmm_(Gc.T, hg[n0:n1])
     return dh, dw
-
-
-class _FusedLogprob(torch.autograd.Function):
-    """(hidden, weight) -> (logp [N], entropy [N]); saves only hidden, weight, targets, lse, E[z]."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, inv_temp, want_entropy, backend, chunk_bytes):
-        fwd = _triton_forward if backend == "triton" else _torch_forward
-        logp, ent, lse, ez = fwd(hidden, weight, targets, inv_temp, want_entropy, chunk_bytes)
-        ctx.save_for_backward(hidden, weight, targets, lse, ez)
-        ctx.cfg = (inv_temp, backend, chunk_bytes)
-        ctx.set_materialize_grads(False)  # an unused entropy output gets None, not a zero tensor
-        return logp, (ent if want_entropy else logp.new_empty(0))
-
-    @staticmethod
-    def backward(ctx, g, g_ent):
-        hidden, weight, targets, lse, ez = ctx.saved_tensors
-        inv_temp, backend, chunk_bytes = ctx.cfg
-        need_dh, need_dw = ctx.needs_input_grad[:2]
-        if (g is None and g_ent is None) or not (need_dh or need_dw):
-            return None, None, None, None, None, None, None
-        bwd = _triton_backward if backend == "triton" else _torch_backward
-        dh, dw = bwd(hidden, weight, targets, lse, ez, g, g_ent if ez is not None else None, inv_temp,
-                     need_dh, need_dw, chunk_bytes)
-        dh = dh.to(hidden.dtype) if need_dh else None
-        dw = dw.to(weight.dtype) if need_dw else None
-        return dh, dw, None, None, None, None, None
-
-
-def token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=False, *, backend=None,
-                   chunk_bytes=None):
-    """log p(targets) under softmax(hidden @ weight.T / temperature), never building [N, V] logits.
-
-    hidden [..., d] (any float dtype), weight [V, d], targets [...] int -> logp [...] fp32, plus the
-    entropy of that distribution [...] fp32 with return_entropy (differentiable too). Differentiable
-    w.r.t. hidden and weight; fp32 accumulation. backend: None picks "triton" for CUDA tensors when
-    triton imports, else "torch". chunk_bytes: size of the logits block held at once.
-    """
-    if backend is None:
-        backend = ("triton" if hidden.is_cuda and triton is not None and targets.numel()
-                   and _acc_dtype(hidden, weight) == torch.float32 else "torch")
-    if backend == "triton" and triton is None:
-        raise RuntimeError("backend='triton' but triton is not installed")
-    if chunk_bytes is None:
-        chunk_bytes = TRITON_CHUNK_BYTES if backend == "triton" else CHUNK_BYTES
-    lead = targets.shape
-    h = hidden.reshape(-1, hidden.shape[-1])
-    t = targets.reshape(-1).long()
-    if backend == "triton":
-        h, weight, t = h.contiguous(), weight.contiguous(), t.contiguous()
-    logp, ent = _FusedLogprob.apply(h, weight, t, 1.0 / temperature, return_entropy, backend, chunk_bytes)
-    if return_entropy:
-        return logp.view(lead), ent.view(lead)
-    return logp.view(lead)
-
-
-# -----------------------------------------------------------------------------
-# 2. Advantages
-
-
-def group_advantages(rewards, group_size, scale_std=True, eps=1e-6):
-    """GRPO: rewards [P*G] (G samples per prompt, contiguous) -> (r - group mean) / (group std + eps).
-
-    scale_std=False gives Dr. GRPO's r - mean (no difficulty re-weighting). A group whose rewards are
-    all equal gets 0 advantages. std is the unbiased one, as in GRPO.
-    """
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1, got {group_size}")
-    r = rewards.float().view(-1, group_size)
-    adv = r - r.mean(1, keepdim=True)
-    if scale_std and group_size > 1:
-        adv = adv / (r.std(1, keepdim=True) + eps)
-    return adv.view(-1)
-
-
-def gae_advantages(rewards, values, mask, gamma=1.0, lam=1.0):
-    """GAE(gamma, lambda) over the masked (response) positions of each row.
-
-    rewards, values, mask [B, T] (rewards off the mask are ignored; a sequence reward sits on the
-    last response token) -> (advantages [B, T], returns = advantages + values [B, T]), 0 off the mask.
-    The value after a row's last response token is 0 (the episode ends there).
-    """
-    mask = mask.float()
-    adv = torch.zeros_like(values, dtype=torch.float32)
-    next_value = torch.zeros(values.shape[0], device=values.device)
-    next_adv = torch.zeros_like(next_value)
-    for t in reversed(range(values.shape[1])):
-        on = mask[:, t] > 0
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        a = delta + gamma * lam * next_adv
-        adv[:, t] = torch.where(on, a, 0.0)
-        next_value = torch.where(on, values[:, t].float(), next_value)  # skip gaps in the mask
-        next_adv = torch.where(on, a, next_adv)
-    return adv, (adv + values) * mask
-
-
-class ValueHead(nn.Module):
-    """V(state) from the policy's final hidden state: hidden [..., d] -> values [...] fp32."""
-
-    def __init__(self, hidden_size):
-        super().__init__()
-        self.proj = nn.Linear(hidden_size, 1)
-        nn.init.zeros_(self.proj.weight)  # start at V = 0: no random critic noise in the first advantages
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, hidden):
-        return self.proj(hidden.float()).squeeze(-1)
-
-
-# -----------------------------------------------------------------------------
-# 3. Loss
-
-
-def ppo_loss(logp, old_logp, advantages, mask, ref_logp=None, clip_eps=0.2, dual_clip=None, kl_coef=0.001,
-             entropy=None, entropy_coef=0.0, num_tokens=None):
-    """Clipped-ratio PPO loss, token-level mean over every unmasked token of the batch.
-
-    logp, old_logp, advantages, mask [B, T] (a [B] sequence advantage: broadcast it first);
-    ref_logp [B, T] for the k3 KL penalty (skipped when None or kl_coef == 0); dual_clip c > 1
-    bounds the loss of negative-advantage tokens by -c*A; entropy [B, T] for logging and, with
-    entropy_coef > 0, a bonus (then it must be differentiable). num_tokens: the normaliser when this
-    is one micro-batch of a larger minibatch (default mask.sum()).
-    Returns (loss, stats) with stats python floats: pg_loss, clip_frac, approx_kl (old -> new, k3),
-    ratio, entropy, kl_ref.
-    """
-    on = mask > 0
-    m = on.float()
-    n = (m.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=torch.float32)).clamp(min=1)
-    log_ratio = torch.where(on, logp - old_logp, 0.0)  # where, not *mask: garbage off the mask stays out
-    ratio = torch.exp(log_ratio)
-    pg1 = -advantages * ratio
-    pg2 = -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps)
-    pg = torch.maximum(pg1, pg2)
-    if dual_clip is not None:
-        pg = torch.where(advantages < 0, torch.minimum(pg, -advantages * dual_clip), pg)
-    per_token = pg
-    kl = None
-    if ref_logp is not None and kl_coef > 0:
-        d = torch.where(on, ref_logp - logp, 0.0)
-        kl = torch.exp(d) - d - 1  # k3: unbiased, always >= 0
-        per_token = per_token + kl_coef * kl
-    if entropy is not None and entropy_coef > 0:
-        per_token = per_token - entropy_coef * entropy
-    loss = torch.where(on, per_token, 0.0).sum() / n
-
-    with torch.no_grad():
-        k = m.sum().clamp(min=1)
-
-        def mean(x):
-            return float(torch.where(on, x.float(), 0.0).sum() / k)
-
-        stats = dict(pg_loss=mean(pg), clip_frac=mean(pg2 > pg1), approx_kl=mean(ratio - 1 - log_ratio),
-                     ratio=mean(ratio), entropy=mean(entropy) if entropy is not None else 0.0,
-                     kl_ref=mean(kl) if kl is not None else 0.0)
-    return loss, stats
-
-
-def value_loss(values, old_values, returns, mask, value_clip=0.2, num_tokens=None):
-    """Clipped value loss 0.5 * max((V - R)^2, (V_clipped - R)^2), token-level mean. [B, T] each."""
-    m = mask.float()
-    n = (m.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=torch.float32)).clamp(min=1)
-    err = (values - returns) ** 2
-    if value_clip is not None:
-        clipped = old_values + (values - old_values).clamp(-value_clip, value_clip)
-        err = torch.maximum(err, (clipped - returns) ** 2)
-    return 0.5 * (err * m).sum() / n
-
-
-# -----------------------------------------------------------------------------
-# 4. The update
-
-
-@dataclass
-class PPOConfig:
-    """Every PPO hyperparameter, once."""
-
-    epochs: int = 1                  # passes over the batch per update
-    minibatch_size: int = 0          # rows per optimizer step (0: the whole batch)
-    micro_batch_size: int = 0        # rows per forward/backward, gradients accumulated (0: the minibatch)
-    clip_eps: float = 0.2            # ratio clip range [1 - eps, 1 + eps]
-    dual_clip: float | None = None   # dual-clip constant c > 1 for negative advantages (None: off)
-    kl_coef: float = 0.001           # k3 KL to the frozen reference; 0 skips the reference pass
-    entropy_coef: float = 0.0        # entropy bonus
-    max_grad_norm: float = 1.0       # clip the global gradient norm before each step
-    temperature: float = 1.0         # sampling temperature: the ratio compares the sampler's distribution
-    advantage: str = "group"         # "group" (GRPO, RLSR's setting) or "gae" (value head, classic PPO)
-    group_size: int = 0              # group: samples per prompt, rows contiguous (when the batch has rewards)
-    scale_std: bool = True           # group: divide by the group std (False: Dr. GRPO)
-    gamma: float = 1.0               # gae: discount
-    lam: float = 1.0                 # gae: lambda
-    vf_coef: float = 0.5             # gae: weight of the value loss
-    value_clip: float | None = 0.2   # gae: clip the value change per update (None: unclipped)
-    whiten_gae: bool = True          # gae: normalise advantages over the batch's response tokens
-    recompute_old_logp: bool = True  # behaviour log-probs from our own forward, not the sampler's
-
-
-def response_logprobs(model, input_ids, response_mask, temperature=1.0, return_entropy=False, value_head=None):
-    """One forward; lm_head fused into the log-prob for the response positions only.
-
-    input_ids, response_mask [B, T] -> logp [B, T], entropy [B, T] or None, values [B, T] or None
-    (0 off the mask; position t holds token t's log-prob from hidden[t-1], see the module docstring).
-    """
-    hidden = model(input_ids, return_hidden=True)            # [B, T, d]
-    on = response_mask[:, 1:] > 0
-    h = hidden[:, :-1][on]                                   # [N, d]: the states that predict response tokens
-    out = token_logprobs(h, model.output_weight, input_ids[:, 1:][on], temperature, return_entropy)
-    logp, ent = out if return_entropy else (out, None)
-
-    def to_bt(x):  # [N] -> [B, T], zeros elsewhere (differentiable)
-        return F.pad(torch.zeros(on.shape, device=x.device, dtype=x.dtype).masked_scatter(on, x), (1, 0))
-
-    values = to_bt(value_head(h)) if value_head is not None else None
-    return to_bt(logp), (to_bt(ent) if ent is not None else None), values
-
-
-def _select(rows, mask, tensors):
-    """Rows of mask and of each [B, T] tensor in a dict, without the right padding after the last
-    response token among those rows (causal attention: the dropped columns change nothing)."""
-    m = mask[rows]
-    T = int((m > 0).any(0).nonzero().max()) + 1 if m.any() else 1
-    return m[:, :T], {k: x[rows, :T] for k, x in tensors.items()}
-
-
-def _split(rows, size):
-    return [rows[i:i + size] for i in range(0, len(rows), size)]
-
-
-def tokens_per_rank(n):
-    """Response tokens n (a tensor), or under torchrun their mean over the ranks: each rank's loss is
-    its token sum / that mean, and FSDP averages gradients over ranks, so the gradient is the
-    token-level mean over the global minibatch (2 ranks x half the batch == 1 rank x all of it)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        n = n.clone()
-        dist.all_reduce(n)
-        n = n / dist.get_world_size()
-    return n
-
-
-def ppo_update(policy, optimizer, batch, cfg: PPOConfig, ref_model=None, value_head=None):
-    """Run cfg.epochs x minibatches of PPO on one batch of rollouts; returns mean stats (floats).
-
-    batch: input_ids [B, T] (prompt + completion, right padded), response_mask [B, T] (1 at
-    completion tokens: position t is token t, predicted from hidden[t-1]), advantages [B] or [B, T]
-    (or rewards [B] with cfg.group_size for group advantages; rewards [B] for gae), optionally
-    old_logp [B, T] (the sampler's, at cfg.temperature) and ref_logp [B, T]. With gae, value_head's
-    parameters must be in the optimizer. Old log-probs: unless cfg.recompute_old_logp is False and
-    old_logp is given, they come from our own forward -- the first minibatch of epoch 0 takes them
-    from its training forward (no step has happened yet), the other rows from one no-grad pass first.
-    Stats: token-weighted means of ppo_loss's stats, plus loss, grad_norm, vf_loss (gae) and
-    sampler_logp_err (max |sampler - recomputed| old log-prob, when both exist).
-    """
-    ids, mask = batch["input_ids"], batch["response_mask"].float()
-    B, T = ids.shape
-    dev = ids.device
-    gae = cfg.advantage == "gae"
-    if gae and value_head is None:
-        raise ValueError("advantage='gae' needs a value_head")
-    mb = cfg.minibatch_size or B
-    micro = min(cfg.micro_batch_size or mb, mb)
-    perms = [torch.randperm(B).to(dev) for _ in range(cfg.epochs)]
-    have_old = batch.get("old_logp") is not None
-    need_old = not have_old or cfg.recompute_old_logp
-    old_logp = torch.zeros(B, T, device=dev) if need_old else batch["old_logp"].float()
-
-    # no-grad pass: old log-probs of the rows outside epoch 0's first minibatch; with gae, old values of all rows
-    pre_rows = torch.arange(B, device=dev) if gae else perms[0][mb:] if need_old else perms[0][:0]
-    old_values = torch.zeros(B, T, device=dev) if gae else None
-    with torch.no_grad():
-        for r in _split(pre_rows, micro):
-            mask_r, x = _select(r, mask, dict(ids=ids))
-            lp, _, v = response_logprobs(policy, x["ids"], mask_r, cfg.temperature,
-                                         value_head=value_head if gae else None)
-            if need_old:
-                old_logp[r, :lp.shape[1]] = lp
-            if gae:
-                old_values[r, :v.shape[1]] = v
-
-    # advantages, per token
-    if gae:
-        last = (mask * torch.arange(T, device=dev)).argmax(1)  # the sequence reward goes on the last response token
-        rewards = torch.zeros(B, T, device=dev).scatter(1, last[:, None], batch["rewards"].float()[:, None])
-        adv, returns = gae_advantages(rewards, old_values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_gae:
-            on = mask > 0
-            adv = torch.where(on, (adv - adv[on].mean()) / (adv[on].std() + 1e-8), 0.0)
-    else:
-        adv = batch.get("advantages")
-        if adv is None:
-            adv = group_advantages(batch["rewards"], cfg.group_size, cfg.scale_std)
-        adv = adv.float()
-        adv = (adv[:, None] if adv.dim() == 1 else adv) * mask
-
-    # reference log-probs for the KL penalty (kl_coef == 0: no reference pass at all)
-    ref_logp = batch.get("ref_logp") if cfg.kl_coef > 0 else None
-    if cfg.kl_coef > 0 and ref_logp is None:
-        if ref_model is None:
-            raise ValueError("kl_coef > 0 needs batch['ref_logp'] or a ref_model")
-        ref_logp = torch.zeros(B, T, device=dev)
-        with torch.no_grad():
-            for r in _split(torch.arange(B, device=dev), micro):
-                mask_r, x = _select(r, mask, dict(ids=ids))
-                ref_logp[r, :mask_r.shape[1]] = response_logprobs(ref_model, x["ids"], mask_r, cfg.temperature)[0]
-
-    per_row = dict(ids=ids, adv=adv, old=old_logp)
-    if ref_logp is not None:
-        per_row["ref"] = ref_logp
-    if gae:
-        per_row.update(old_values=old_values, returns=returns)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    sums, weights = {}, {}
-
-    def log(name, value, w=1.0):
-        sums[name] = sums.get(name, 0.0) + value * w
-        weights[name] = weights.get(name, 0.0) + w
-
-    for epoch, perm in enumerate(perms):
-        for i0 in range(0, B, mb):
-            rows = perm[i0:i0 + mb]
-            n_tok = tokens_per_rank(mask[rows].sum()).clamp(min=1)  # token-level mean over the whole minibatch
-            optimizer.zero_grad(set_to_none=True)
-            mb_loss = 0.0
-            for r in _split(rows, micro):
-                mask_r, x = _select(r, mask, per_row)
-                logp, ent, values = response_logprobs(policy, x["ids"], mask_r, cfg.temperature, True,
-                                                      value_head if gae else None)
-                if need_old and epoch == 0 and i0 == 0 and not gae:  # no step yet: this forward is the old policy
-                    x["old"] = logp.detach()
-                    old_logp[r, :mask_r.shape[1]] = x["old"]
-                    if have_old:
-                        on = mask_r > 0
-                        err = (batch["old_logp"][r, :mask_r.shape[1]].float() - x["old"])[on].abs()
-                        log("sampler_logp_err", float(err.max()) if err.numel() else 0.0)
-                loss, st = ppo_loss(logp, x["old"], x["adv"], mask_r, x.get("ref"), cfg.clip_eps, cfg.dual_clip,
-                                    cfg.kl_coef, ent, cfg.entropy_coef, num_tokens=n_tok)
-                if gae:
-                    vl = value_loss(values, x["old_values"], x["returns"], mask_r, cfg.value_clip, n_tok)
-                    loss = loss + cfg.vf_coef * vl
-                    st["vf_loss"] = float(vl.detach() * n_tok / mask_r.sum().clamp(min=1))
-                loss.backward()
-                mb_loss += float(loss.detach())
-                for k, v in st.items():
-                    log(k, v, float(mask_r.sum()))
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            log("loss", mb_loss)
-            log("grad_norm", float(grad_norm))
-    return {k: sums[k] / max(weights[k], 1e-12) for k in sums}

@@ -3,8 +3,9 @@
 1. The kernels run under Triton's interpreter (TRITON_INTERPRET=1) on CPU tensors at small shapes
    and must match the naive log_softmax(...).gather(...) -- values, entropy and both gradients.
    fp32 loads: the interpreter's bf16 tl.dot is wrong, so bf16 inputs are upcast in the kernel.
-2. Every kernel is compiled ahead of time for sm_80 and sm_90 with bf16 signatures: PTX and a cubin
-   must come out (ptxas ships inside the triton wheel).
+2. Every kernel is compiled ahead of time for sm_80 and sm_90 (ptxas ships inside the triton wheel):
+   PTX and a cubin must come out, and the bf16 variants' PTX must hold tensor-core MMAs (mma.sync on
+   sm_80, wgmma on sm_90) while the fp32 ("ieee") ones hold none -- why bf16 inputs matter on a GPU.
 Each runs in a subprocess (this file as a script) so TRITON_INTERPRET never leaks into other tests.
 """
 
@@ -40,19 +41,26 @@ def test_kernels_compile_ahead_of_time():
     out = _run("compile", "80", "90")
     for cc in (80, 90):
         assert out.count(f"ok sm_{cc}") == len(compile_specs()), out
+    mma = {80: "mma.sync", 90: "wgmma.mma_async"}
+    for name, _, consts, _ in compile_specs():  # the line of each (kernel, precision) names its MMAs
+        for cc in (80, 90):
+            line = f"ok sm_{cc} {name} {'fp32' if consts['FP32'] else 'bf16'} mma=" + \
+                ("none" if consts["FP32"] else mma[cc])
+            assert line in out, f"{line!r} not in:\n{out}"
 
 
 # --- the subprocess side ------------------------------------------------------------------------
 
 # small tiles and several vocab splits: the edge masks, the split combine and the chunk loop all run;
 # the largest shape takes bigger tiles (the interpreter's cost is per tile)
-SMALL = dict(fwd=(16, 64, 32, 4), dlogits=(16, 64, 32, 4), matmul=(16, 32, 16, 4), splits=3)
-BIG = dict(fwd=(32, 128, 64, 4), dlogits=(32, 128, 64, 4), matmul=(32, 64, 32, 4), splits=5)
+SMALL = dict(fwd=(16, 64, 32, 4), dlogits=(16, 64, 32, 4), splits=3)
+BIG = dict(fwd=(32, 128, 64, 4), dlogits=(32, 128, 64, 4), splits=5)
 # N, V, d, temperature, dtype, entropy, backward chunk (tokens), tiles
 INTERPRET_CASES = [(37, 1000, 24, 1.0, "float32", True, 16, SMALL),
                    (64, 2048, 64, 0.7, "float32", False, 48, BIG),
                    (5, 300, 16, 1.3, "float32", True, 64, SMALL),
-                   (19, 257, 40, 1.0, "bfloat16", True, 16, SMALL)]
+                   (19, 257, 40, 1.0, "bfloat16", True, 16, SMALL),
+                   (40, 300, 24, 0.8, "bfloat16", False, 20, SMALL)]  # bf16 G: chunks of 32 + 8 rows
 
 
 def interpret():
@@ -81,7 +89,7 @@ def interpret():
         for name, a, b in zip(["logp", "dh", "dw", "entropy"], *results):
             if dtype == torch.float32:
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m: f"{name} {N}x{V}x{d}: {m}")
-            else:  # same bf16 inputs, fp32 math in both; gradients rounded to bf16 at the end
+            else:  # same bf16 inputs, fp32 math in the kernels; bf16 logit gradients and GEMMs (as on the GPU)
                 torch.testing.assert_close(a.float(), b.float(), rtol=1e-2, atol=1e-2,
                                            msg=lambda m: f"{name} {N}x{V}x{d}: {m}")
         assert results[0][0].dtype == torch.float32 and results[0][1].dtype == dtype
@@ -89,15 +97,13 @@ def interpret():
 
 
 def compile_specs():
-    """(kernel name, signature, constexprs, num_warps): the bf16 variants a GPU run launches,
-    plus the fp32-operand variants (fp32 inputs)."""
+    """(kernel name, signature, constexprs, num_warps): the bf16 variants a bf16 run launches,
+    plus the fp32-operand variants (fp32 inputs). The backward GEMMs are torch's (cuBLAS)."""
     i32, f32, bf16, i64 = "i32", "*fp32", "*bf16", "*i64"
     fwd = dict(H=bf16, W=bf16, TGT=i64, M=f32, S=f32, A=f32, ZT=f32, N=i32, V=i32, D=i32, stride_h=i32,
                stride_w=i32, inv_temp="fp32", tiles_per_split=i32)
     dlogits = dict(H=bf16, W=bf16, TGT=i64, LSE=f32, GT=f32, GE=f32, EZ=f32, OUT=bf16, N=i32, V=i32, D=i32,
                    stride_h=i32, stride_w=i32, stride_o=i32, inv_temp="fp32")
-    matmul = dict(A=bf16, B=bf16, C=f32, M=i32, N=i32, K=i32, stride_am=i32, stride_ak=i32, stride_bk=i32,
-                  stride_bn=i32, stride_cm=i32, stride_cn=i32)
     from ppo import TRITON_CONFIG as C
 
     def spec(name, sig, fp32, block_names, cfg, **flags):
@@ -109,13 +115,13 @@ def compile_specs():
     for fp32 in (False, True):
         specs += [spec("_logprob_fwd_kernel", fwd, fp32, ["BLOCK_N", "BLOCK_V", "BLOCK_D"], C["fwd"]),
                   spec("_logprob_dlogits_kernel", dlogits, fp32, ["BLOCK_N", "BLOCK_V", "BLOCK_D"], C["dlogits"],
-                       ENTROPY=True),
-                  spec("_matmul_kernel", matmul, fp32, ["BLOCK_M", "BLOCK_N", "BLOCK_K"], C["matmul"],
-                       ACCUMULATE=True)]
+                       ENTROPY=True)]
     return specs
 
 
 def compile_all(ccs):
+    import re
+
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -128,7 +134,9 @@ def compile_all(ccs):
             compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=dict(num_warps=warps))
             assert "ptx" in compiled.asm and ".entry" in compiled.asm["ptx"], name
             assert "cubin" in compiled.asm and len(compiled.asm["cubin"]) > 0, name
-            print(f"ok sm_{cc}", name, "fp32" if consts["FP32"] else "bf16", len(compiled.asm["cubin"]), "bytes")
+            mma = sorted(set(re.findall(r"\b(?:wgmma\.mma_async|mma\.sync)\b", compiled.asm["ptx"])))
+            print(f"ok sm_{cc}", name, "fp32" if consts["FP32"] else "bf16", f"mma={','.join(mma) or 'none'}",
+                  len(compiled.asm["cubin"]), "bytes")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
-"""ppo.py on CPU: fused log-probs against the naive [N, V] computation, advantages, loss, update."""
+"""ppo.py on CPU: fused log-probs against the naive [N, V] computation, advantages, loss, update
+(fp32, and bf16 compute over fp32 weights)."""
 
 import copy
 
 import pytest
 import torch
 
+import ppo
+from config import TrainConfig
 from model import Qwen, QwenConfig
-from ppo import (PPOConfig, ValueHead, gae_advantages, group_advantages, naive_token_logprobs, ppo_loss,
-                 ppo_update, response_logprobs, token_logprobs, value_loss)
+from ppo import (ValueHead, gae_advantages, group_advantages, naive_token_logprobs, ppo_loss, ppo_update,
+                 response_logprobs, token_logprobs, value_loss)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -130,6 +133,7 @@ def test_value_loss_clipped():
     # clipped value 0.2: max((2-3)^2, (0.2-3)^2) = 7.84 on the first token, 0 on the second
     torch.testing.assert_close(value_loss(v, old, ret, m, 0.2), torch.tensor(0.5 * 7.84 / 2))
     torch.testing.assert_close(value_loss(v, old, ret, m, None), torch.tensor(0.5 * 1.0 / 2))
+    torch.testing.assert_close(value_loss(v, old, ret, m, 0.0), torch.tensor(0.5 * 1.0 / 2))  # 0: unclipped
 
 
 # --- loss --------------------------------------------------------------------------------------
@@ -168,7 +172,7 @@ def test_clipping_dual_clip_and_k3():
     assert st0["kl_ref"] == 0.0
     ref = logp.detach() - 0.3
     _, st1 = ppo_loss(logp, old, adv, mask, ref_logp=ref, kl_coef=0.1)
-    assert st1["kl_ref"] == pytest.approx(float(torch.exp(torch.tensor(-0.3)) + 0.3 - 1), rel=1e-5)
+    assert float(st1["kl_ref"]) == pytest.approx(float(torch.exp(torch.tensor(-0.3)) + 0.3 - 1), rel=1e-5)
 
 
 def test_token_level_mean_ignores_garbage_off_mask():
@@ -223,7 +227,7 @@ def test_micro_batches_accumulate_to_the_full_minibatch():
         model = _tiny_policy()
         ref = copy.deepcopy(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        cfg = PPOConfig(micro_batch_size=micro, kl_coef=0.01, max_grad_norm=1e9)
+        cfg = TrainConfig(micro_batch_size=micro, kl_coef=0.01, max_grad_norm=1e9)
         torch.manual_seed(1)
         ppo_update(model, opt, batch, cfg, ref_model=ref)
         params.append(torch.cat([p.flatten() for p in model.parameters()]))
@@ -240,14 +244,52 @@ def test_old_logp_recomputed_and_reference_skipped():
         def __call__(self, *a, **k):
             raise AssertionError("kl_coef=0 must skip the reference pass")
 
-    cfg = PPOConfig(epochs=2, minibatch_size=4, micro_batch_size=3, kl_coef=0.0)
+    cfg = TrainConfig(ppo_epochs=2, minibatch_size=4, micro_batch_size=3, kl_coef=0.0)
     st = ppo_update(model, opt, dict(batch, old_logp=None), cfg, ref_model=NoRef())
     assert st["ratio"] == pytest.approx(1.0, abs=1e-6) and st["clip_frac"] == 0.0
-    # the sampler's log-probs are replaced, and how far off they were is reported
-    noisy = response_logprobs(model, batch["input_ids"], batch["response_mask"])[0].detach() + 0.01
-    st = ppo_update(model, opt, dict(batch, old_logp=noisy), cfg)
-    assert st["ratio"] == pytest.approx(1.0, abs=1e-6)
-    assert st["sampler_logp_err"] == pytest.approx(0.01, abs=1e-5)
+    assert "sampler_logp_err" not in st  # no sampler log-probs to compare with
+
+
+def test_sampler_logp_err_is_the_max_over_all_rows():
+    model = _tiny_policy()
+    batch = _random_batch()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    mask = batch["response_mask"]
+    # row b's sampler log-probs are off by 0.01 * (b + 1): the mean over rows or micro-batches is below
+    # the max, 0.06 (row 5), which sits in the first minibatch or in the no-grad pass by the shuffle
+    off = 0.01 * torch.arange(1, 7.0)[:, None] * mask
+    noisy = response_logprobs(model, batch["input_ids"], mask)[0].detach() + off
+    cfg = TrainConfig(ppo_epochs=2, minibatch_size=4, micro_batch_size=3, kl_coef=0.0)
+    where = set()
+    for seed in range(4):
+        torch.manual_seed(seed)
+        where.add("first minibatch" if 5 in torch.randperm(6)[:4] else "no-grad pass")  # ppo_update's shuffle
+        torch.manual_seed(seed)
+        st = ppo_update(model, opt, dict(batch, old_logp=noisy), cfg)
+        assert st["ratio"] == pytest.approx(1.0, abs=1e-6)  # the sampler's log-probs were replaced
+        assert st["sampler_logp_err"] == pytest.approx(0.06, abs=1e-5)
+    assert where == {"first minibatch", "no-grad pass"}
+
+
+def test_minibatch_size_is_global(monkeypatch):
+    """Under torchrun (faked: 2 ranks holding the same rows) minibatch_size 4 means 2 rows per rank
+    per optimizer step: the same update as one process with minibatch_size 2 on those rows."""
+    batch = _random_batch()
+
+    def run(minibatch_size):
+        model = _tiny_policy()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        torch.manual_seed(1)
+        ppo_update(model, opt, batch, TrainConfig(ppo_epochs=2, minibatch_size=minibatch_size, kl_coef=0.0))
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    one = run(2)
+    monkeypatch.setattr(ppo.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(ppo.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(ppo.dist, "all_reduce", lambda t: t.mul_(2))  # the other rank's tokens: the same count
+    assert torch.equal(run(4), one)
+    with pytest.raises(ValueError, match="multiple"):
+        run(5)
 
 
 def test_gae_update_fits_values():
@@ -256,7 +298,7 @@ def test_gae_update_fits_values():
     batch = _random_batch()
     batch["rewards"] = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
     opt = torch.optim.Adam(list(model.parameters()) + list(head.parameters()), lr=1e-2)
-    cfg = PPOConfig(advantage="gae", gamma=1.0, lam=0.95, kl_coef=0.0, epochs=2, minibatch_size=3)
+    cfg = TrainConfig(advantage="gae", gamma=1.0, lam=0.95, kl_coef=0.0, ppo_epochs=2, minibatch_size=3)
     first = ppo_update(model, opt, batch, cfg, value_head=head)
     for _ in range(15):
         last = ppo_update(model, opt, batch, cfg, value_head=head)
@@ -264,12 +306,91 @@ def test_gae_update_fits_values():
     assert last["vf_loss"] < 0.5 * first["vf_loss"]
 
 
+# --- bf16 compute over fp32 weights ------------------------------------------------------------
+
+def _training_forwards(compute_dtype, outer_autocast=False):
+    """2 PPO epochs x 3 minibatches, one row per forward; only the decoder's Linear weights train (the
+    ones autocast casts to bf16; Adam moves each by ~lr per step, well above bf16's resolution).
+    -> (stats, {row: [hidden states of its epoch-0 forward, of its epoch-1 forward]})."""
+    model = _tiny_policy()
+    batch = _random_batch()
+    linears = [p for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters()]
+    opt = torch.optim.Adam(linears, lr=1e-2)
+    cfg = TrainConfig(ppo_epochs=2, minibatch_size=2, micro_batch_size=1, kl_coef=0.0)
+    seen = {}
+
+    def record(module, args, out):
+        if torch.is_grad_enabled():  # training forwards, not the no-grad old log-prob pass
+            seen.setdefault(tuple(args[0][0].tolist()), []).append(out.detach().float().clone())
+
+    model.register_forward_hook(record)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=outer_autocast):
+        st = ppo_update(model, opt, batch, cfg, compute_dtype=compute_dtype)
+    assert len(seen) == 6 and all(len(h) == 2 for h in seen.values())
+    return st, seen
+
+
+def test_bf16_later_minibatches_see_the_updated_weights():
+    st32, seen32 = _training_forwards(torch.float32)
+    st16, seen16 = _training_forwards(torch.bfloat16)
+    for seen in (seen32, seen16):  # every row's epoch-1 forward runs after more optimizer steps
+        assert all(not torch.equal(e0, e1) for e0, e1 in seen.values())
+    assert st32["approx_kl"] > 1e-3  # the policy moved between the forwards, and bf16 sees it as fp32 does
+    assert st16["approx_kl"] == pytest.approx(st32["approx_kl"], rel=0.1)
+    assert st16["ratio"] == pytest.approx(st32["ratio"], abs=0.02)
+
+
+def test_one_autocast_region_around_the_update_computes_at_stale_weights():
+    """The old train.py pattern fails the test above: ppo_update (no autocast of its own: fp32) inside
+    one bf16 autocast region, which caches its bf16 copies of the weights across optimizer.step(), so
+    every forward sees the first weights. ppo_update's own regions do not cache: right even inside one."""
+    st_old, seen_old = _training_forwards(torch.float32, outer_autocast=True)
+    assert all(torch.equal(e0, e1) for e0, e1 in seen_old.values())  # stale
+    assert st_old["approx_kl"] < 1e-6
+    st_new, seen_new = _training_forwards(torch.bfloat16, outer_autocast=True)
+    assert all(not torch.equal(e0, e1) for e0, e1 in seen_new.values())
+    assert st_new["approx_kl"] > 1e-3
+
+
+def test_bf16_logprobs_take_bf16_inputs_and_train_the_fp32_weight(monkeypatch):
+    V = 300
+    model = _tiny_policy(V)
+    batch = _random_batch(V=V)
+    ids, mask = batch["input_ids"], batch["response_mask"]
+    seen, fused = [], ppo.token_logprobs
+
+    def spy(h, W, *args, **kw):
+        seen.append((h.dtype, W.dtype))
+        return fused(h, W, *args, **kw)
+
+    monkeypatch.setattr(ppo, "token_logprobs", spy)
+    grads = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model.zero_grad()
+        logp, ent, _ = response_logprobs(model, ids, mask, 0.8, True, compute_dtype=dtype)
+        assert seen.pop() == (dtype, dtype)  # bf16 operands: the Triton kernels' tensor-core variant
+        assert logp.dtype == ent.dtype == torch.float32
+        (logp.sum() + ent.sum()).backward()
+        assert model.output_weight.dtype == model.output_weight.grad.dtype == torch.float32
+        grads[dtype] = (logp.detach(), ent.detach(), model.output_weight.grad.clone())
+    full = torch.log_softmax(model(ids).detach() / 0.8, -1)  # the naive fp32 reference, [B, T, V]
+    want = torch.zeros_like(logp)
+    want[:, 1:] = full[:, :-1].gather(2, ids[:, 1:, None]).squeeze(2)
+    lp32, ent32, gw32 = grads[torch.float32]
+    lp16, ent16, gw16 = grads[torch.bfloat16]
+    torch.testing.assert_close(lp32, want * mask, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lp16, want * mask, rtol=0, atol=2e-2)  # bf16 rounding of hidden and lm_head
+    torch.testing.assert_close(ent16, ent32, rtol=0, atol=2e-2)
+    assert (gw16 - gw32).norm() < 2e-2 * gw32.norm()  # the gradient reaches the fp32 master weight
+
+
 def test_bandit_learns_the_rewarded_token():
     V, TARGET, G = 16, 7, 16
     policy = _tiny_policy(V)
     ref = copy.deepcopy(policy).requires_grad_(False)
     opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
-    cfg = PPOConfig(epochs=2, minibatch_size=16, micro_batch_size=8, kl_coef=0.001)
+    cfg = TrainConfig(ppo_epochs=2, minibatch_size=16, micro_batch_size=8, kl_coef=0.001)
     prompts = [[1, 2, 3], [4, 5]]  # different lengths: right padding in the batch
 
     def p_target():
