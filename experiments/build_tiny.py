@@ -6,8 +6,9 @@
 1. Task-generated supervised data (compact prompts): for each training problem a worked solution,
    and judge examples whose answers are a correct solution and a near miss (right numbers, value a
    little off; a number twice or missing; a misread number) — the judge first checks the numbers
-   and evaluates the expression, then gives <JUDGE_SCORE>. Some problem-proposal examples too, so
-   `--problems self` works.
+   and evaluates the expression, then gives <JUDGE_SCORE>. Proposals with a witness too (three
+   example problems shown; a new problem worked forward from its numbers, "nums ... target T by
+   EXPR"), so `--problems self` works; every round adds more, so the format is kept.
 2. A byte-level BPE tokenizer with Qwen's special tokens, trained on that text.
 3. A small Qwen2-architecture model (random init) trained by sft.py.
 4. Rounds 2, 3, ...: the model solves fresh training problems; its own answers, labelled by the
@@ -16,7 +17,7 @@
    Each round samples from the previous round's model, so the judge also sees where the policy
    moves next (sequential rejection sampling, in miniature).
 5. The folder gets nano_rlsr.json (task, prompt style, difficulty, how it was built) and the
-   held-out accuracy and judge agreement measured at the end.
+   held-out accuracy, judge agreement and proposal quality measured at the end.
 """
 
 import argparse
@@ -62,12 +63,16 @@ def stage1_examples(task, problems, rng, propose_fraction=0.1):
         out += [chat_line(task.prompt(p, style=STYLE), s) for s in solutions]
         for answer in (task.extract_answer(rng.choice(solutions)), task.near_miss(p, rng)):
             out.append(chat_line(task.judge_prompt(p, answer, style=STYLE), task.judge_text(p, answer, style=STYLE)))
-    for _ in range(int(propose_fraction * len(problems))):
-        shown = rng.sample(problems, 3)
-        new = rng.choice(problems)
-        out.append(chat_line(task.propose_prompt(shown, style=STYLE), f"<answer>{task.problem_text(new)}</answer>"))
+    out += proposal_examples(task, problems, rng, int(propose_fraction * len(problems)))
     rng.shuffle(out)
     return out
+
+
+def proposal_examples(task, problems, rng, n):
+    """Proposals with their witness: three example problems shown, then a new problem worked forward
+    from its numbers (steps, then "nums ... target T by EXPR")."""
+    return [chat_line(task.propose_prompt(rng.sample(problems, 3), style=STYLE),
+                      task.proposal_text(rng, style=STYLE, **DIFFICULTY)) for _ in range(n)]
 
 
 def own_sample_examples(task, model, tok, problems, rng, samples, seed, solutions=True):
@@ -115,6 +120,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="rounds of judge training on the model's own samples")
     ap.add_argument("--round-problems", type=int, default=3000, help="problems the model solves in each round")
     ap.add_argument("--round-samples", type=int, default=2, help="own samples per problem in each round")
+    ap.add_argument("--round-proposals", type=int, default=1500,
+                    help="proposal examples (problem + witness) in each round, so the format is kept")
     ap.add_argument("--vocab", type=int, default=512, help="tokenizer vocabulary size")
     ap.add_argument("--d", type=int, default=128, help="hidden size")
     ap.add_argument("--layers", type=int, default=6)
@@ -130,6 +137,7 @@ def main():
         ap.error(f"--continue-from {args.continue_from}: no nano_rlsr.json there (not a build_tiny.py model)")
     if args.quick:
         args.problems, args.round_problems, args.eval_n, args.d, args.layers, args.epochs = 300, 60, 30, 64, 2, 1
+        args.round_proposals = 60
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     task = tasks.get("countdown")
@@ -193,6 +201,9 @@ def build_rounds(args, task, problems, rng, work, t0, prev, tok, meta):
         # solver reached 55% greedy and RL, even with the verifier's reward, had almost no room left
         rows2, own = own_sample_examples(task, model, tok, mine, round_rng, args.round_samples, args.seed + 1000 * r,
                                          solutions=r == 0)
+        if rows2:
+            rows2 += proposal_examples(task, problems, round_rng, args.round_proposals)
+            round_rng.shuffle(rows2)
         own_stats.append(own)
         if not rows2:  # a model that answers nothing (a --quick build) gives nothing to learn from
             print(f"[{time.time() - t0:.0f}s] round {r + 2}: no answers to judge, skipped")
@@ -214,18 +225,33 @@ def build_rounds(args, task, problems, rng, work, t0, prev, tok, meta):
     result = evaluate(model, tok, task, test, samples=1, temperature=1.0, max_new_tokens=96, style=STYLE,
                       seed=0, judge=judge)
     greedy = evaluate(model, tok, task, test, samples=1, temperature=0.0, max_new_tokens=96, style=STYLE, seed=0)
+    proposals = measure_proposals(task, model, tok, test, judge)
     meta["built_by"] = "python experiments/build_tiny.py " + " ".join(sys.argv[1:])
     seconds = round(time.time() - t0) + (meta.get("bootstrap", {}).get("seconds", 0) if args.continue_from else 0)
     meta["bootstrap"] = {**meta.get("bootstrap", {}), "rounds": own_stats, "seconds": seconds}
     meta["train_defaults"] = TRAIN_DEFAULTS
     meta["heldout"] = {"n": args.eval_n, "accuracy_t1": result["mean@1"], "accuracy_greedy": greedy["mean@1"],
-                       **{k: v for k, v in result.items() if k.startswith("judge_")}}
+                       **{k: v for k, v in result.items() if k.startswith("judge_")}, "proposals": proposals}
     with open(os.path.join(args.out, "nano_rlsr.json"), "w") as f:
         json.dump(meta, f, indent=2)
     if not args.work:
         shutil.rmtree(work)
     print(json.dumps(meta["heldout"]))
     print(f"[{time.time() - t0:.0f}s] wrote {args.out}")
+
+
+def measure_proposals(task, model, tok, examples, judge, n=200, seed=0):
+    """n proposals at T=1 (3 examples shown each): how many carry a problem + witness, how many
+    witnesses are right, how many the model's own greedy judge admits, and how many admitted
+    problems are solvable (the verifier measures; it admits nothing)."""
+    rng = random.Random(seed)
+    prompts = [tok.encode_chat(task.propose_prompt(rng.sample(examples, 3), style=STYLE)) for _ in range(n)]
+    texts, _ = sample_texts(model, tok, prompts, max_new_tokens=96, temperature=1.0, seed=seed, batch_size=256)
+    parsed = [p for p in map(task.parse_proposal, texts) if p]
+    verdicts, _ = judge.score([p for p, _ in parsed], [w for _, w in parsed], seed=seed) if parsed else ([], [])
+    admitted = [p for (p, _), v in zip(parsed, verdicts) if v > 0.5]
+    return {"n": n, "valid": len(parsed) / n, "witness_correct": sum(task.verify(p, w) for p, w in parsed) / max(1, len(parsed)),
+            "admitted": len(admitted) / n, "admitted_solvable": sum(map(task.solvable, admitted)) / max(1, len(admitted))}
 
 
 def init_weights(model, std=0.02):
