@@ -1,16 +1,21 @@
 """The miniature RLSR replication: does self-reward teach the tiny model as well as the verifier?
 
-    python experiments/rlsr.py                      # 4 conditions x seeds 0 1 2 (+1 --problems self run)
+    python experiments/rlsr.py                      # every condition x seeds 0 1 2
     python experiments/rlsr.py --seeds 7 8 9        # other seeds
+    python experiments/rlsr.py --conditions verifier self self-proposer    # some of them
     python experiments/rlsr.py --quick              # a minute-sized smoke run of the same script
 
-From the same start (the embedded tiny model) and with equal budgets (same steps, problems,
-rollouts, learning rate), per seed:
-  none      no RL: the start model evaluated on the seed's held-out problems
-  verifier  reward = the formal checker (the paper's "formal verification" baseline)
-  frozen    self reward, judged by the frozen initial model
-  live      self reward, judged by the current policy itself (RLSR)
-and one `live` run with `--problems self` (the policy also proposes its problems).
+From the same start (the embedded tiny model) and with equal budgets (same steps, problems per
+step, rollouts, learning rate), per seed:
+  none           no RL: the start model evaluated on the seed's held-out problems
+  verifier       reward = the formal checker (the paper's "formal verification" baseline)
+  frozen         self reward, judged by the frozen initial model
+  live           self reward, judged by the current policy itself (RLSR)
+  self-mixed     live + the policy proposes its problems, the earlier method (no witness; kept when
+                 the self-rewards are mixed)
+  self           RLSR's complete loop: proposals with a witness admitted by the policy's own judge,
+                 kept inside the learnability band, repeats dropped, the buffer reused
+  self-proposer  self + the proposals trained with a learnability reward (--train-proposer)
 
 Every run is a plain `train.py` run in OUT/<condition>-s<seed>/ (finished runs are reused, so an
 interrupted experiment continues). The summary — held-out accuracy over training, the judge's
@@ -36,10 +41,14 @@ CONDITIONS = {  # name -> train.py flags (on top of the shared ones)
     "verifier": ["--reward", "verifier"],
     "frozen": ["--judge", "frozen"],
     "live": ["--judge", "live"],
+    "self-mixed": ["--judge", "live", "--problems", "self-mixed"],
+    "self": ["--judge", "live", "--problems", "self"],
+    "self-proposer": ["--judge", "live", "--problems", "self", "--train-proposer"],
 }
-SELF_PROBLEMS = "live-propose"  # the one run of RLSR's complete loop (propose -> solve -> judge -> update)
 LABELS = {"none": "(a) no RL", "verifier": "(b) verifier reward", "frozen": "(c) self reward, frozen judge",
-          "live": "(d) self reward, live judge (RLSR)", SELF_PROBLEMS: "(d') live judge, self-proposed problems"}
+          "live": "(d) self reward, live judge (RLSR)", "self-mixed": "(e) self-proposed, earlier filter",
+          "self": "(f) complete loop: self-proposed + witness + band", "self-proposer": "(g) (f) + proposer training"}
+SELF_KEYS = ("self_share", "admitted_solvable", "witness_correct", "admitted_judge_precision")  # per-step logs
 
 
 def parse_args(argv=None):
@@ -49,7 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default=os.path.join(ROOT, "assets", "tiny-countdown"), help="start checkpoint")
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "rlsr-experiment"), help="output folder")
     p.add_argument("--jobs", type=int, default=2, help="runs at once (one CPU thread each)")
-    p.add_argument("--no-propose-run", action="store_true", help="skip the --problems self run")
+    p.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS),
+                   help="conditions to run (none, no RL, comes with any of them)")
     p.add_argument("--quick", action="store_true", help="smoke run: 4 steps, 16 held-out problems")
     p.add_argument("train_args", nargs=argparse.REMAINDER,
                    help="after --: extra train.py flags for every run (e.g. -- --steps 100 --kl-coef 0.01)")
@@ -70,7 +80,7 @@ def run_train(name, seed, args) -> str:
     out = os.path.join(args.out, f"{name}-s{seed}")
     if os.path.exists(os.path.join(out, "done")):
         return out
-    flags = CONDITIONS["live"] + ["--problems", "self"] if name == SELF_PROBLEMS else CONDITIONS[name]
+    flags = CONDITIONS[name]
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--task", "countdown", "--model", args.model,
            "--seed", str(seed), "--out", out, "--no-progress", *flags, *args.train_args]
     if os.path.exists(os.path.join(out, "config.json")):  # interrupted: continue it exactly
@@ -102,8 +112,9 @@ def curves(lines) -> dict:
         n = {k: sum(m.get(f"judge_{k}") or 0 for m in lines if lo < m["step"] <= hi) for k in ("tp", "fp", "tn", "fn")}
         judge.append({"step": hi, **n, **rates(n)})
     reward = [(m["step"], m["reward_mean"], m["rollout_acc"]) for m in lines if "reward_mean" in m]
+    own = {k: [m[k] for m in lines if m.get(k) is not None] for k in SELF_KEYS}  # --problems self runs
     return {"heldout": evals, "judge": judge if any(j["tp"] + j["fp"] + j["tn"] + j["fn"] for j in judge) else [],
-            "reward": reward}
+            "reward": reward, **{k: sum(v) / len(v) for k, v in own.items() if v}}
 
 
 def rates(n) -> dict:
@@ -137,6 +148,9 @@ def summarise(runs: dict) -> dict:
             last = [c["judge"][-1] for c in per_seed]
             row["judge_first_window"] = {k: mean_std([j[k] for j in first]) for k in ("precision", "recall")}
             row["judge_last_window"] = {k: mean_std([j[k] for j in last]) for k in ("precision", "recall")}
+        for k in SELF_KEYS:
+            if any(k in c for c in per_seed):
+                row[k] = mean_std([c.get(k, float("nan")) for c in per_seed])
         rewards = [c["reward"][-1][1] for c in per_seed if c["reward"]]
         if rewards:
             row["final_reward"] = mean_std(rewards)
@@ -153,29 +167,43 @@ def pct(ms):
 
 def table(summary, args) -> str:
     lines = ["| condition | seeds | held-out start | held-out final | peak | gain (points) | "
-             "judge precision / recall on own samples (whole run; first -> last window) |",
-             "|---|---|---|---|---|---|---|"]
+             "judge precision / recall on own samples (whole run; first -> last window) | self-proposed share | "
+             "admitted problems solvable |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary.items():
         j = "–"
         if "judge" in r:
             fw, lw = r["judge_first_window"], r["judge_last_window"]
             j = (f"{r['judge']['precision']:.2f} / {r['judge']['recall']:.2f} "
                  f"({fw['precision'][0]:.2f} / {fw['recall'][0]:.2f} -> {lw['precision'][0]:.2f} / {lw['recall'][0]:.2f})")
+        share, solvable = (pct(r[k]) if k in r else "–" for k in ("self_share", "admitted_solvable"))
         lines.append(f"| {LABELS[name]} | {r['seeds']} | {pct(r['start'])} | {pct(r['final'])} | {pct(r['peak'])} | "
-                     f"{pct(r['gain'])} | {j} |")
+                     f"{pct(r['gain'])} | {j} | {share} | {solvable} |")
     return "\n".join(lines)
 
 
 def verdict(summary) -> list[str]:
-    """The issue's goal: (c) and (d) gain >= +15 points and >= 80% of (b)'s gain."""
+    """The goals: self reward ((c), (d); issue 7) gains >= +15 points and >= 80% of (b)'s; the
+    complete loop ((f), (g); issue 14) too, and no collapse (final >= peak - 3 points), judge precision
+    on its own rollouts >= 0.8, >= 90% of admitted problems solvable, >= 90% of problems self-proposed."""
+    if "verifier" not in summary:
+        return ["no verifier run: no goal to check"]
     base = summary["verifier"]["gain"][0]
     out = []
-    for name in ("frozen", "live"):
-        g = summary[name]["gain"][0]
-        ok = g >= 0.15 and g >= 0.8 * base
+    for name in ("frozen", "live", "self", "self-proposer"):
+        if name not in summary:
+            continue
+        r, g = summary[name], summary[name]["gain"][0]
+        checks = {">= +15": g >= 0.15, ">= 80%": g >= 0.8 * base}
+        if name.startswith("self"):
+            checks.update({"no collapse": r["final"][0] >= r["peak"][0] - 0.03,
+                           "judge precision >= 0.8": r.get("judge", {}).get("precision", 0) >= 0.8,
+                           "solvable >= 90%": r.get("admitted_solvable", (0, 0))[0] >= 0.9,
+                           "self-proposed >= 90%": r.get("self_share", (0, 0))[0] >= 0.9})
         share = f"{g / base:.0%}" if base > 0 else "n/a (the verifier run did not gain)"
-        out.append(f"{LABELS[name]}: gain {100 * g:+.1f} points = {share} of the verifier's "
-                   f"{100 * base:+.1f} -> goal (>= +15 and >= 80%) {'met' if ok else 'NOT met'}")
+        missed = [k for k, ok in checks.items() if not ok]
+        out.append(f"{LABELS[name]}: gain {100 * g:+.1f} points = {share} of the verifier's {100 * base:+.1f} -> "
+                   f"goal ({', '.join(checks)}) " + ("met" if not missed else f"NOT met ({', '.join(missed)})"))
     return out
 
 
@@ -187,7 +215,8 @@ def plot(runs, path) -> bool:
     except ImportError:
         print("matplotlib not installed (pip install -e \".[plot]\"): no plot written")
         return False
-    colors = {"none": "gray", "verifier": "black", "frozen": "tab:blue", "live": "tab:red", SELF_PROBLEMS: "tab:orange"}
+    colors = {"none": "gray", "verifier": "black", "frozen": "tab:blue", "live": "tab:red", "self-mixed": "tab:orange",
+              "self": "tab:green", "self-proposer": "tab:purple"}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, per_seed in runs.items():
         steps = [s for s, _ in per_seed[0]["heldout"]]
@@ -218,9 +247,7 @@ def plot(runs, path) -> bool:
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    jobs = [(name, seed) for seed in args.seeds for name in CONDITIONS]
-    if not args.no_propose_run:
-        jobs.append((SELF_PROBLEMS, args.seeds[0]))
+    jobs = [(name, seed) for seed in args.seeds for name in args.conditions]
     print(f"{len(jobs)} runs, {args.jobs} at a time, in {args.out}", flush=True)
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -228,7 +255,7 @@ def main(argv=None):
     runs: dict[str, list] = {"none": []}
     for (name, _), folder in zip(jobs, folders):
         runs.setdefault(name, []).append(curves(read_metrics(folder)))
-    for c in runs["live"]:  # (a) no RL: the start model on the same held-out problems at every step
+    for c in runs[args.conditions[0]]:  # (a) no RL: the start model on the same held-out problems at every step
         start = c["heldout"][0][1]
         runs["none"].append({"heldout": [(s, start) for s, _ in c["heldout"]], "judge": [], "reward": []})
     summary = summarise(runs)

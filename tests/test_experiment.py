@@ -50,14 +50,20 @@ def test_goal_verdict():
     summary = {"verifier": {"gain": (0.2, 0.0)}, "frozen": {"gain": (0.17, 0.0)}, "live": {"gain": (0.15, 0.0)},
                "none": flat}
     frozen, live = rlsr.verdict(summary)
-    assert "goal (>= +15 and >= 80%) met" in frozen  # 17 >= 15 and 85% >= 80%
-    assert "NOT met" in live  # 75% of the verifier's gain
+    assert frozen.endswith("goal (>= +15, >= 80%) met")  # 17 >= 15 and 85% >= 80%
+    assert live.endswith("NOT met (>= 80%)")  # 75% of the verifier's gain
+    loop = {"gain": (0.18, 0.0), "final": (0.5, 0.0), "peak": (0.54, 0.0), "judge": {"precision": 0.85},
+            "admitted_solvable": (0.95, 0.0), "self_share": (0.93, 0.0)}
+    (line,) = rlsr.verdict({"verifier": {"gain": (0.2, 0.0)}, "self": loop})
+    assert line.endswith("NOT met (no collapse)")  # 0.50 < 0.54 - 0.03
+    (line,) = rlsr.verdict({"verifier": {"gain": (0.2, 0.0)}, "self": {**loop, "final": (0.52, 0.0)}})
+    assert line.endswith(") met")
 
 
 def test_quick_experiment_end_to_end(tmp_path, tiny_ckpt):
     out = tmp_path / "exp"
-    rlsr.main(["--quick", "--seeds", "0", "--model", str(tiny_ckpt), "--out", str(out), "--no-propose-run",
-               "--", "--steps", "2", "--eval-n", "4", "--group-size", "2", "--max-new-tokens", "8",
+    rlsr.main(["--quick", "--seeds", "0", "--model", str(tiny_ckpt), "--out", str(out), "--conditions", "verifier",
+               "frozen", "live", "--", "--steps", "2", "--eval-n", "4", "--group-size", "2", "--max-new-tokens", "8",
                "--judge-max-new-tokens", "8"])
     result = json.loads((out / "results.json").read_text())
     assert set(result["summary"]) == {"none", "verifier", "frozen", "live"}
@@ -72,6 +78,6 @@ def test_quick_experiment_end_to_end(tmp_path, tiny_ckpt):
     assert (out / "results.md").read_text().startswith("| condition |")
     # a second call reuses the finished runs instead of training again
     mtime = os.path.getmtime(out / "live-s0" / "metrics.jsonl")
-    rlsr.main(["--quick", "--seeds", "0", "--model", str(tiny_ckpt), "--out", str(out), "--no-propose-run",
-               "--", "--steps", "2"])
+    rlsr.main(["--quick", "--seeds", "0", "--model", str(tiny_ckpt), "--out", str(out), "--conditions", "verifier",
+               "frozen", "live", "--", "--steps", "2"])
     assert os.path.getmtime(out / "live-s0" / "metrics.jsonl") == mtime
