@@ -58,3 +58,18 @@ def test_memory_limit(pools):
 def test_functions_a_worker_cannot_import_are_refused():
     with pytest.raises(ValueError):
         Pool(lambda job: job)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_neither_uses_nor_stops_its_parents_workers(pools):
+    pool = pools(math.sqrt)
+    assert pool.map([4], timeout=30) == [2.0]
+    before = pool.workers[0].proc.pid
+    child = os.fork()
+    if child == 0:  # the child: close() at its exit must spare the parent's workers; map() starts its own
+        pool.close()
+        ok = pool.map([9], timeout=30) == [3.0] and pool.workers[0].proc.pid != before
+        pool.close()
+        os._exit(0 if ok else 1)
+    assert os.waitpid(child, 0)[1] == 0
+    assert pool.map([16], timeout=30) == [4.0] and pool.workers[0].proc.pid == before
