@@ -19,6 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tasks  # noqa: E402
+from tasks.pool import default_workers  # noqa: E402
 
 GARBAGE = ["I think the answer is 42", "((", "", "x +", "sin(x", "__import__('os')", "1/0", "9**9**9",
            "Integral(x, x)", "the answer", "<answer>", "3 5 7"]
@@ -72,7 +73,7 @@ def main():
     it = tasks.get("integration")
     problems = it.make_problems(args.n - len(it.BEE), seed=0) + it.make_problems(len(it.BEE), 0, split="bee")
     ps, answers = mix(it, problems, rng)
-    workers = args.workers or it.default_workers()
+    workers = args.workers or default_workers()
     it.verify_many(ps[:workers * 4], answers[:workers * 4], workers=workers)  # start (and warm) the workers
     latencies = []
 

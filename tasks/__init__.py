@@ -1,16 +1,56 @@
 """tasks — the problems the model solves and the formal checkers that score them.
 
-One module per task, each with the same plain functions (see DESIGN.md), looked up by name:
+One module per task (countdown.py, integration.py), looked up by name; the rest of the project
+touches a task only through the plain functions below, so a new task is one new module with the same
+names, added to TASKS:
 
     task = tasks.get("countdown")
     problems = task.make_problems(64, seed=0)
     messages = task.prompt(problems[0])                 # chat messages for the solver
     ok = task.verify(problems[0], task.extract_answer(completion))
 
+The task-module contract. A problem is a JSON-serialisable dict; messages are a list of
+{"role", "content"} dicts; `style` is "full" (the published wording, for real instruct models) or
+"compact" (a very short wording the tiny model learns from data); an answer is text or None.
+
+  make_problems(n, seed, split="train", **difficulty) -> [problem]
+      n distinct problems, the same for the same arguments. "train" and "test" never overlap (see
+      split_of; integration also has "bee", a fixed set); difficulty knobs are the keys of DEFAULTS,
+      anything else is a ValueError.
+  split_of(problem) -> "train" | "test"
+      a fixed hash partition: about one problem in TEST_FRACTION belongs to the held-out test split.
+  problem_text(problem) -> str
+      the canonical one-line text of a problem (it is also the compact prompt).
+  prompt(problem, style="full") -> messages
+      the solver prompt; the solver ends its answer in <answer> ... </answer>.
+  extract_answer(text) -> str | None
+      this module's extract_answer (below): the last answer block, shared by every task.
+  verify(problem, answer) -> bool
+      the formal checker and the ground truth for rewards, evaluation and agreement counts. It never
+      executes the answer (no eval, no exec, no handing text to sympy's parser: answers are
+      whitelisted and parsed by our own code), is time-bounded, and is False, never an exception, for
+      None, malformed, hostile or oversized answers. A task may also offer
+      verify_many(problems, answers) -> [bool], the same verdicts for a batch (callers check for it).
+  judge_prompt(problem, answer, style="full") -> messages
+      what a judge model sees: the problem and the extracted answer only, never the solver's
+      reasoning, with the answer cut and neutralised (judged_answer). The verdict is the judge's last
+      <JUDGE_SCORE>0|1</JUDGE_SCORE> (parse_verdict).
+  propose_prompt(examples, style="full") -> messages; parse_problem(text) -> problem | None
+      for problems the model writes itself: parse_problem accepts only a well-formed problem within
+      the task's limits, else None, and never raises on model text.
+  solution_text(problem, rng, style="compact") -> str
+  judge_text(problem, answer, style="compact") -> str
+  near_miss(problem, rng) -> str
+      supervised data for the tiny model: a correct worked response ending in an answer block; the
+      ideal judge response, whose verdict always agrees with verify; a plausible wrong answer (verify
+      is False for it).
+
 The helpers shared by every task live here: `extract_answer` (the last <answer> block),
 `neutralise` (defangs tags and special tokens in model text we paste into another prompt) and
-`parse_verdict` (the judge's last <JUDGE_SCORE> tag). They read untrusted model text, so they
-are written as plain string scans with no backtracking regexes over the whole completion.
+`parse_verdict` (the judge's last <JUDGE_SCORE> tag), plus the self-correction trajectory format.
+They read untrusted model text, so they are written as plain string scans with no backtracking
+regexes over the whole completion. Helper modules that are not tasks: calculus.py (the integration
+answer language and its check) and pool.py (killable worker processes with a time limit per job).
 """
 
 import importlib

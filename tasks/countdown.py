@@ -12,12 +12,25 @@ short wording for the tiny model trained from scratch ("nums 3 5 7 target 22").
 
 import ast
 import hashlib
+import operator
 import random
 import re
 from collections import Counter
 from fractions import Fraction
 
 from tasks import check_style, extract_answer, judged_answer, neutralise, parse_verdict  # noqa: F401
+
+# -----------------------------------------------------------------------------
+# the four operations, written once: generation, checking, solving and worked steps all use them
+
+OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
+PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
+
+
+def apply(op, a, b):
+    """a op b for Fractions (op one of + - * /); raises ZeroDivisionError on x/0."""
+    return OPERATIONS[op](a, b)
+
 
 # -----------------------------------------------------------------------------
 # problems
@@ -68,8 +81,7 @@ def _random_value(rng, values):
         op = rng.choice("+-*/")
         if op == "/" and b == 0:
             return None
-        c = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b
-        values = [v for k, v in enumerate(values) if k not in (i, j)] + [c]
+        values = [v for k, v in enumerate(values) if k not in (i, j)] + [apply(op, a, b)]
     return values[0]
 
 
@@ -170,14 +182,7 @@ def evaluate(tree):
         return Fraction(tree[1])
     if kind == "neg":
         return -evaluate(tree[1])
-    a, b = evaluate(tree[1]), evaluate(tree[2])
-    if kind == "+":
-        return a + b
-    if kind == "-":
-        return a - b
-    if kind == "*":
-        return a * b
-    return a / b  # Fraction raises ZeroDivisionError on a zero divisor
+    return apply(kind, evaluate(tree[1]), evaluate(tree[2]))
 
 
 def verify(problem, answer):
@@ -208,8 +213,8 @@ def _combine(a, b, op):
     (va, ta, pa, sa), (vb, tb, pb, sb) = a, b
     if op == "/" and vb == 0:
         return None
-    v = va + vb if op == "+" else va - vb if op == "-" else va * vb if op == "*" else va / vb
-    prec = 1 if op in "+-" else 2
+    v = apply(op, va, vb)
+    prec = PRECEDENCE[op]
     # parenthesise only where needed: a-(b+c), a*(b+c), a/(b*c)
     left = f"({ta})" if pa < prec else ta
     right = f"({tb})" if pb < prec or (pb == prec and op in "-/") else tb
@@ -434,7 +439,7 @@ def _steps(tree):
     steps = sa + sb
     if kind == "/" and b == 0:
         raise ZeroDivisionError(steps + [f"{_operand(a)}/0 undefined"])
-    v = a + b if kind == "+" else a - b if kind == "-" else a * b if kind == "*" else a / b
+    v = apply(kind, a, b)
     return v, steps + [f"{_operand(a)}{kind}{_operand(b)}={_fmt(v)}"]
 
 

@@ -1,5 +1,6 @@
-"""Integration: the whitelist parser against sympy's own printer, the verifier against sympy's
-derivatives, the Bee set, a hostile corpus, fuzzing, the time limit, problems and proposals."""
+"""Integration: the whitelist parser (tasks/calculus.py) against sympy's own printer, the verifier
+against sympy's derivatives, the Bee set, a hostile corpus, fuzzing, the time limit (tasks/pool.py),
+problems and proposals."""
 
 import builtins
 import json
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tasks import extract_answer
+from tasks import calculus as calc
 from tasks import integration as it
 
 SETTINGS = dict(deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
@@ -30,8 +32,8 @@ def warm_worker():
 # the parser
 
 def p(text):
-    node = it.parse(text)
-    return None if node is None else it.to_sympy(node, X)
+    node = calc.parse(text)
+    return None if node is None else calc.to_sympy(node, X)
 
 
 def test_parser_precedence_and_spellings():
@@ -45,18 +47,18 @@ def test_parser_precedence_and_spellings():
     for bad in ["2x", "x y", "sin x", "sin(x, 2)", "log(x, 2, 3)", "1e5", "f(x)", "(x", "x)", "x,,", "",
                 "x +", "* x", "x ** ", "()", "sin()", "y", "X", "I", "e", "x = 1", "x;1", "x # 1", "x @ x",
                 "'x'", "x.real", "x[0]", "{x}", "x**(10**10)", "1/0", "x/(1-1)", "0**-1", "x**x**(2000)"]:
-        assert it.parse(bad) is None, bad
+        assert calc.parse(bad) is None, bad
 
 
 def test_parser_limits():
-    assert it.parse("(" * 41 + "x" + ")" * 41) is None
-    assert it.parse("(" * 30 + "x" + ")" * 30) is not None
-    assert it.parse("-" * 50 + "x") is None
-    assert it.parse("x" + "+x" * 300) is None                 # too many tokens
-    assert it.parse("1" * 21 + "*x") is None and it.parse("1" * 20 + "*x") is not None
-    assert it.parse("x " * 600) is None                       # too long
-    assert it.parse("2**(3**7)") is None                      # exponent over the limit
-    assert it.parse("99999999999999999999**999") is None      # constant over the size limit
+    assert calc.parse("(" * 41 + "x" + ")" * 41) is None
+    assert calc.parse("(" * 30 + "x" + ")" * 30) is not None
+    assert calc.parse("-" * 50 + "x") is None
+    assert calc.parse("x" + "+x" * 300) is None                 # too many tokens
+    assert calc.parse("1" * 21 + "*x") is None and calc.parse("1" * 20 + "*x") is not None
+    assert calc.parse("x " * 600) is None                       # too long
+    assert calc.parse("2**(3**7)") is None                      # exponent over the limit
+    assert calc.parse("99999999999999999999**999") is None      # constant over the size limit
 
 
 FUNCS = [sp.sin, sp.cos, sp.tan, sp.sec, sp.csc, sp.cot, sp.asin, sp.acos, sp.atan, sp.acot, sp.asec,
@@ -90,10 +92,10 @@ def expressions(draw, depth=3):
 @given(expressions())
 def test_parser_reads_sympys_printed_form_exactly(expr):
     text = str(expr)
-    assume(not expr.has(sp.zoo, sp.nan, sp.oo, -sp.oo, sp.I) and len(text) <= it.MAX_CHARS)
-    node = it.parse(text)
+    assume(not expr.has(sp.zoo, sp.nan, sp.oo, -sp.oo, sp.I) and len(text) <= calc.MAX_CHARS)
+    node = calc.parse(text)
     assert node is not None, text
-    mine = it.to_sympy(node, X)
+    mine = calc.to_sympy(node, X)
     # the same tree, except where sympy's constructor regroups what its printer wrote (2*(x + pi))
     assert mine == expr or sp.expand(mine - expr) == 0 or sp.simplify(mine - expr) == 0, text
 
@@ -138,7 +140,7 @@ def test_bee_set_is_large_and_verified():
     misses = [it.near_miss(b, rng) for b in bee]
     assert not any(it.verify_many(bee, misses))
     for f, F in it.BEE[:6]:  # the symbolic path agrees on a few
-        assert it._symbolic(it.parse(f), it.parse(F))
+        assert calc._symbolic(calc.parse(f), calc.parse(F))
 
 
 def test_verify_known_cases():
@@ -193,7 +195,7 @@ def test_hostile_answers_are_rejected_quickly_and_run_nothing(monkeypatch):
     # malformed text never reaches the worker: rejected in microseconds
     start = time.perf_counter()
     for answer in HOSTILE[:30]:
-        it.verify(problem, answer) if it.parse(answer) is None else None
+        it.verify(problem, answer) if calc.parse(answer) is None else None
     assert time.perf_counter() - start < 0.2
 
 
@@ -220,7 +222,7 @@ def test_fuzzed_text_never_raises_or_overruns(text):
 @settings(max_examples=3000, **SETTINGS)
 @given(st.text(alphabet="x0123456789+-*/^().,_ sincoexplgqrtaEpiC", max_size=80))
 def test_fuzzed_parse_stage_never_raises(text):
-    node = it.parse(text)
+    node = calc.parse(text)
     assert node is None or isinstance(node, tuple)
 
 
@@ -228,21 +230,19 @@ def test_time_limit_kills_and_replaces_the_worker():
     # real only for x > 20, where the numeric check never looks: a wrong answer can only be
     # rejected by the slow paths (40-digit arithmetic, then sympy)
     problem, right, wrong = {"integrand": "sqrt(x - 20)"}, "2*(x - 20)**(3/2)/3", "2*(x - 20)**(3/2)/5"
-    start = time.perf_counter()
-    assert it.verify(problem, wrong, timeout=0.05) is False
-    assert time.perf_counter() - start < 0.05 + SLACK
     # a job the worker itself would let run for 30 s is cut at the caller's limit: killed, replaced
-    before = it._pool[0].proc.pid
-    request = (json.dumps([0, problem["integrand"], wrong, 30]) + "\n").encode()
-    results = [None]
+    # (first, while the spare started with the module's first verification is surely warm)
+    before = it.POOL.workers[0].proc.pid
     start = time.perf_counter()
-    with it._lock:
-        it._run([(0, request)], results, 0.05, 1)
-    assert results == [False] and time.perf_counter() - start < 0.05 + SLACK
-    assert it._pool[0].proc.pid != before and it._pool[0].proc.poll() is None
+    assert it.POOL.map([[problem["integrand"], wrong, 30]], 0.05, workers=1, default=False) == [False]
+    assert time.perf_counter() - start < 0.05 + SLACK
+    assert it.POOL.workers[0].proc.pid != before and it.POOL.workers[0].proc.poll() is None
     start = time.perf_counter()
     assert it.verify({"integrand": "x"}, "x**2/2") is True  # the replacement was already warm
     assert time.perf_counter() - start < SLACK  # a cold start (importing sympy) takes longer
+    start = time.perf_counter()
+    assert it.verify(problem, wrong, timeout=0.05) is False
+    assert time.perf_counter() - start < 0.05 + SLACK
     assert it.verify(problem, right, timeout=30) is True    # given the time, the right answer passes
     assert it.verify(problem, wrong, timeout=30) is False
 
