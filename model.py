@@ -142,31 +142,48 @@ def apply_rope(x, cos, sin):
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
-class KVCache(nn.Module):
-    """Preallocated keys/values for every layer: [L, B, H_kv, S, hd], written at given positions.
+class KVCache:
+    """Preallocated keys/values: per layer one [B, H_kv, S, hd] tensor, written at given positions.
 
     Rows may hold sequences of different lengths: each forward passes the absolute positions of
     its new tokens, keys land in those slots, and the attention mask lets a query at position p
-    see slots 0..p only — so stale or padded slots beyond a row's length are never read.
+    see slots 0..p only — so stale or padded slots beyond a row's length are never read. A forward
+    over b < B rows uses rows 0..b-1 (the prompts' prefill, before `repeat_rows` copies them to
+    their samples). One tensor per layer, not slices of one: a compiled step then writes each in place.
     """
 
     def __init__(self, n_layers, batch, n_kv_heads, max_len, head_dim, dtype=torch.float32,
                  device=None):
-        super().__init__()
-        shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
     def update(self, layer: int, positions, k, v):
-        """positions [B, T], k/v [B, H_kv, T, hd] -> the layer's full cache k, v [B, H_kv, S, hd]."""
-        idx = positions[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-        self.k[layer].scatter_(2, idx, k.to(self.k.dtype))
-        self.v[layer].scatter_(2, idx, v.to(self.v.dtype))
-        return self.k[layer], self.v[layer]
+        """k/v [b, H_kv, T, hd] -> the layer's cache rows 0..b-1, k, v [b, H_kv, S, hd].
+
+        positions: an int p (every row's new tokens go to slots p..p+T-1) or [b, T] per-token slots.
+        """
+        b, T = k.shape[0], k.shape[2]
+        ck, cv = self.k[layer], self.v[layer]
+        if b < ck.shape[0]:
+            ck, cv = ck[:b], cv[:b]
+        if isinstance(positions, int):
+            ck[:, :, positions:positions + T] = k
+            cv[:, :, positions:positions + T] = v
+        else:  # an indexed store, which a compiled step does in place (a scatter_ copies the whole cache)
+            rows = torch.arange(b, device=k.device)[:, None]
+            ck[rows, :, positions] = k.transpose(1, 2).to(ck.dtype)  # [b, T, H_kv, hd] into slots [b, T]
+            cv[rows, :, positions] = v.transpose(1, 2).to(cv.dtype)
+        return ck, cv
+
+    def repeat_rows(self, b: int, n: int, length: int):
+        """Rows 0..b-1 -> rows 0..b*n-1, each n times over (slots 0..length-1): prompts to their samples."""
+        for cache in self.k + self.v:
+            cache[:b * n, :, :length] = cache[:b, :, :length].repeat_interleave(n, dim=0)
 
 
 class Attention(nn.Module):
@@ -184,7 +201,10 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
+    grouped_decode: bool | None = None  # masked decode with query heads as query positions (attend); None: on CUDA
+
     def forward(self, x, cos, sin, mask=None, cache=None, layer=0, positions=None):
+        """x [B, T, d] -> [B, T, d]; `Qwen.forward` says what mask, cache and positions mean."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd)
@@ -193,16 +213,30 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
+        if cache is not None and positions is None:  # prefill from slot 0: store keys, attend to the new ones
+            cache.update(layer, 0, k, v)
+        elif cache is not None:
             k, v = cache.update(layer, positions, k, v)
-            if mask.shape[-1] < k.shape[2]:  # attend only to the slots that can be in use
-                k, v = k[:, :, :mask.shape[-1]], v[:, :, :mask.shape[-1]]
-        gqa = self.n_heads != self.n_kv
-        if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+            S = mask.shape[-1] if mask is not None else positions + T  # attend only to the slots in use
+            k, v = k[:, :, :S], v[:, :, :S]
+        y = self.attend(q, k, v, causal=cache is None or positions is None, mask=mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+    def attend(self, q, k, v, causal, mask):
+        """q [B, H, T, hd], k/v [B, H_kv, S, hd] -> [B, H, T, hd]; causal (then S == T), or a mask
+        [B, 1, T, S] (True = may attend), or neither (one step of rows at one position)."""
+        gqa = self.n_heads != self.n_kv
+        if causal:  # no explicit mask: flash attention on GPU
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        grouped = q.is_cuda if self.grouped_decode is None else self.grouped_decode
+        if gqa and mask is not None and q.shape[2] == 1 and grouped:
+            # enable_gqa with a mask rules out the fused CUDA kernels; with one query per row a kv head's G
+            # query heads can act as G query positions: plain SDPA, no K/V copy. The CPU keeps enable_gqa
+            # (no fused-kernel limit to dodge there, and its results stay bit-identical to earlier versions)
+            B, H, _, hd = q.shape
+            y = F.scaled_dot_product_attention(q.view(B, self.n_kv, H // self.n_kv, hd), k, v, attn_mask=mask)
+            return y.view(B, H, 1, hd)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
 class MLP(nn.Module):
@@ -251,16 +285,22 @@ class Qwen(nn.Module):
         # tied checkpoints have no lm_head module at all: the embedding doubles as the output layer
         self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self._rope = {}  # (device, dtype) -> cos/sin tables; a plain dict so meta-device builds skip it
+        self._static_caches = {}  # (batch, max_len, dtype, device) -> KVCache, see static_cache
         self.grad_ckpt = False  # activation checkpointing: backward recomputes each layer (train.py --grad-ckpt)
 
-    def rope(self, positions, dtype):
-        """positions [B, T] -> cos, sin [B, 1, T, head_dim], looked up in tables built once."""
-        key = (positions.device, dtype)
+    def rope(self, positions, T: int, dtype, device):
+        """cos, sin for T new tokens, looked up in tables built once: [1, 1, T, head_dim] when every row
+        is at the same positions (`positions` None: 0..T-1, or an int start), [B, 1, T, head_dim] for
+        per-row positions [B, T]."""
+        key = (device, dtype)
         if key not in self._rope:
             cos, sin = rope_tables(self.config.max_position_embeddings, self.config.head_dim,
-                                   self.config.rope_theta, positions.device)
+                                   self.config.rope_theta, device)
             self._rope[key] = (cos.to(dtype), sin.to(dtype))
         cos, sin = self._rope[key]
+        if positions is None or isinstance(positions, int):
+            start = positions or 0
+            return cos[None, None, start:start + T], sin[None, None, start:start + T]
         return cos[positions][:, None], sin[positions][:, None]
 
     @property
@@ -277,27 +317,42 @@ class Qwen(nn.Module):
         return KVCache(c.num_hidden_layers, batch, c.num_key_value_heads, max_len, c.head_dim,
                        dtype=dtype or p.dtype, device=device or p.device)
 
+    def static_cache(self, batch: int, max_len: int) -> KVCache:
+        """The model's own [batch, max_len] cache, made on first request and returned again after:
+        a compiled decode step then sees the same tensors call after call (CUDA graphs replay fixed
+        addresses). Each shape stays allocated for the model's lifetime, so callers pad their shapes to
+        a few buckets (sample.py)."""
+        p = self.output_weight
+        key = (batch, max_len, p.dtype, p.device)
+        if key not in self._static_caches:
+            cache = self.new_cache(batch, max_len)
+            for t in cache.k + cache.v:
+                torch._dynamo.mark_static_address(t)  # cudagraphs: no copy in, in-place writes allowed
+            self._static_caches[key] = cache
+        return self._static_caches[key]
+
     def forward(self, input_ids, positions=None, cache: KVCache | None = None, return_hidden=False,
                 attend_len: int | None = None):
         """input_ids [B, T] -> logits [B, T, V] (or final hidden states [B, T, d]).
 
-        Without a cache: positions default to 0..T-1, plain causal attention (right padding is
-        harmless). With a cache: `positions` [B, T] are each new token's absolute slot; a query at
-        position p attends to slots 0..p. `attend_len` (a host int >= max(positions)+1) limits
-        attention to the first slots of the cache, so decode cost grows with the text, not the buffer.
+        positions None: tokens at 0..T-1 with causal attention (right padding is harmless) — training,
+        or, with a cache, a prefill whose keys are stored in slots 0..T-1. With a cache, `positions`
+        can also be an int p (every row's tokens at p..p+T-1: a decode step of rows of equal length
+        needs no mask) or [B, T], each new token's own slot, attending to slots 0..p for a token at p.
+        `attend_len` (a host int >= max(positions)+1) limits attention to the first slots of the
+        cache, so decode cost grows with the text, not the buffer.
         """
         B, T = input_ids.shape
-        if positions is None:
-            if cache is not None:
-                raise ValueError("positions are required with a KV cache")
-            positions = torch.arange(T, device=input_ids.device).expand(B, T)
         x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rope(positions, x.dtype)
-        mask = None
-        if cache is not None:
+        cos, sin = self.rope(positions, T, x.dtype, input_ids.device)
+        mask = None  # causal over the new tokens, or one step of rows at one position: no mask at all
+        if cache is not None and isinstance(positions, torch.Tensor):
             S = cache.max_len if attend_len is None else attend_len
             slots = torch.arange(S, device=input_ids.device)
             mask = (slots[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, S]
+        elif cache is not None and isinstance(positions, int) and T > 1:  # a chunk after slot p: causal from p
+            slots = torch.arange(positions + T, device=input_ids.device)
+            mask = (slots[None, :] <= positions + torch.arange(T, device=input_ids.device)[:, None])[None, None]
         for i, layer in enumerate(self.model.layers):
             if self.grad_ckpt and torch.is_grad_enabled():  # keep only the layer's input for backward
                 x = checkpoint(layer, x, cos, sin, mask, cache, i, positions, use_reentrant=False)

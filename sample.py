@@ -5,14 +5,20 @@
     ro.tokens [B*n, L]; ro.logprobs [B*n, L]; ro.lengths [B*n]; ro.finish_reasons; ro.completion(i)
 
 How it runs (the gpt-fast / nanochat recipe):
-1. one KV cache is preallocated for the whole call: prompt_max + max_new_tokens slots per row;
-2. the B prompts are prefilled once, right-padded into one batch; each row's next-token logits come
-   from its own last prompt position (lm_head on B vectors, not B x T);
-3. the prefilled cache is copied to the n samples of its prompt (row i of the output is prompt i // n);
-4. decode: one token per row per step at that row's own position; attention reads only the slots
-   in use so far; finished rows keep stepping but emit padding, and "all done?" is asked of the
-   device only every few steps, not every token.
+1. one KV cache holds prompt_max + max_new_tokens slots for each of the B*n rows: a fresh one per
+   call, or with compile=True the model's persistent cache for the call's shape bucket (below);
+2. the B prompts are prefilled once, right-padded into one batch with plain causal attention; each
+   row's next-token logits come from its own last prompt position (lm_head on B vectors, not B x T);
+3. the prefilled slots are copied to the n samples of their prompt (row i of the output is prompt i // n);
+4. decode: one token per row per step at that row's own position (rows of equal length share one
+   position and need no mask); eager attention reads only the slots in use so far; finished rows
+   keep stepping but emit padding, and "all done?" is asked of the device only every few steps.
 Sampling is `argmax(probs / Exp(1))` — a draw from `probs` with no host sync.
+
+compile=True compiles the decode step (inductor; CUDA graphs on CUDA) for static shapes: rows and
+cache length are padded up to powers of two, so a run sees a handful of shapes, each compiled once
+and each with its own persistent cache (fixed addresses for CUDA graph replay); a step reads the
+whole bucket under a mask.
 """
 
 from __future__ import annotations
@@ -24,11 +30,20 @@ from dataclasses import dataclass
 import torch
 
 SYNC_EVERY = 8  # steps between "are all rows finished?" checks (each one is a host sync on GPU)
+MIN_LEN_BUCKET = 64  # compiled decode: the shortest cache; longer ones double from here
+NOISE_BYTES = 8 << 20  # per prompt: how much sampling noise its own generator draws in one call
+RECOMPILE_LIMIT = 128  # compiled decode: one graph per (rows, length) bucket; dynamo's default is 8
+
+
+def bucket(x: int, smallest: int = 1) -> int:
+    """The padded size for x: the next power of two >= max(x, smallest)."""
+    return max(smallest, 1 << (x - 1).bit_length())
 
 
 @dataclass
 class Rollout:
-    """Completions of a `generate` call; row i belongs to prompt i // n."""
+    """Completions of a `generate` call; row i belongs to prompt i // n. The tensors are on the CPU
+    (copied once per call), so reading rows costs no device syncs."""
 
     tokens: torch.Tensor  # [B*n, L] generated ids, right-padded with pad_id (L <= max_new_tokens)
     logprobs: torch.Tensor  # [B*n, L] log-prob of each sampled token under the sampling distribution; 0 at padding
@@ -60,26 +75,57 @@ def process_logits(logits, temperature: float, top_k: int = 0, top_p: float = 1.
     return torch.log_softmax(logits, dim=-1)
 
 
-def sample_next(logits, temperature, top_k, top_p, generator):
+def sample_next(logits, temperature, top_k, top_p, generator=None, noise=None):
     """logits [R, V] -> (token ids [R], their log-probs [R]) without a host sync.
 
     temperature == 0 is greedy; its log-prob is the untempered model's log_softmax at the argmax.
-    generator: one torch.Generator (or None) for all rows, or a list of k generators, each drawing
-    the noise of its own R/k consecutive rows (one prompt's samples).
+    Otherwise the draw uses `noise` [R, V] (Exp(1) values, see Noise) or draws it from `generator`
+    (None: torch's global RNG).
     """
     if temperature == 0:
         logp = torch.log_softmax(logits.float(), dim=-1)
         ids = logp.argmax(-1)
     else:
         logp = process_logits(logits, temperature, top_k, top_p)
-        noise = torch.empty_like(logp)
-        if isinstance(generator, list):  # per prompt: its samples do not depend on the rest of the batch
-            for g, rows in zip(generator, noise.chunk(len(generator))):
-                rows.exponential_(1, generator=g)
-        else:
-            noise.exponential_(1, generator=generator)
+        if noise is None:
+            noise = torch.empty_like(logp).exponential_(1, generator=generator)
         ids = (logp.exp() / noise).argmax(-1)  # Gumbel-style draw: argmax p_i / E_i ~ Categorical(p)
     return ids, logp.gather(-1, ids[:, None])[:, 0]
+
+
+class Noise:
+    """The Exp(1) noise [R, V] of each sampling step, R = B*n rows, from the generators `seed` asks for.
+
+    seed None: torch's global RNG; an int: one generator for all rows; a list: one generator per prompt,
+    drawing only its own n rows, so a prompt's samples do not depend on the rest of the batch. A
+    prompt's generator draws K steps at once (K from n, V and max_new_tokens), so the Python loop over
+    prompts runs once every K tokens instead of every token. On the CPU one draw of K steps yields
+    exactly the numbers of K one-step draws, so K changes no sample; CUDA's Philox numbers do depend on
+    how they are drawn, which is why K never depends on the batch.
+    """
+
+    def __init__(self, seed, n: int, vocab: int, max_new_tokens: int, device):
+        self.t, self.vocab, self.device = 0, vocab, device
+        self.per_prompt = isinstance(seed, (list, tuple))
+        if self.per_prompt:
+            self.generators = [torch.Generator(device=device).manual_seed(s) for s in seed]
+            self.K = max(1, min(max_new_tokens, NOISE_BYTES // (n * vocab * 4)))
+            # [B, K, n, V]: each prompt's next K steps, contiguous so one call fills them in step order
+            self.block = torch.empty((len(seed), self.K, n, vocab), device=device, dtype=torch.float32)
+        else:
+            self.generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+
+    def next(self, rows: int):
+        """The next step's noise [rows, V]."""
+        if not self.per_prompt:
+            noise = torch.empty(rows, self.vocab, device=self.device, dtype=torch.float32)
+            return noise.exponential_(1, generator=self.generator)
+        k = self.t % self.K
+        if k == 0:  # the next K steps of every prompt, each from its own generator
+            for g, block in zip(self.generators, self.block):
+                block.exponential_(1, generator=g)
+        self.t += 1
+        return self.block[:, k].reshape(rows, self.vocab)
 
 
 @torch.no_grad()
@@ -91,49 +137,49 @@ def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature:
     seed: a fixed seed gives the same samples on rerun; a list, one seed per prompt, makes each
     prompt's samples independent of the batch it is in (train.py under torchrun: the same rollouts on
     any number of ranks); None draws from torch's global RNG (so a caller that restores torch's RNG
-    state replays the same samples). compile: torch.compile the
-    decode step (CUDA only; ignored elsewhere). on_step(tokens [B*n]): called after each step
-    (forces a host sync per token; the CLI uses it to stream).
+    state replays the same samples). compile: torch.compile the decode step (inductor, on any
+    device; the first call of each shape bucket compiles, later ones reuse it). on_step(tokens [B*n]):
+    called after each step (forces a host sync per token; the CLI uses it to stream).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
     if n < 1 or max_new_tokens < 1:
         raise ValueError("generate: n and max_new_tokens must be >= 1")
     P = max(len(p) for p in prompts)
-    if P + max_new_tokens > model.config.max_position_embeddings:
+    max_len = model.config.max_position_embeddings
+    if P + max_new_tokens > max_len:
         raise ValueError(f"generate: longest prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
-                         f"the model's max_position_embeddings ({model.config.max_position_embeddings})")
+                         f"the model's max_position_embeddings ({max_len})")
+    if isinstance(seed, (list, tuple)) and len(seed) != len(prompts):
+        raise ValueError(f"generate: {len(seed)} seeds for {len(prompts)} prompts (one per prompt, or one int)")
     device = model.output_weight.device
     B, R = len(prompts), len(prompts) * n
-    prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
-    generator = None
-    if isinstance(seed, (list, tuple)):
-        if len(seed) != B:
-            raise ValueError(f"generate: {len(seed)} seeds for {B} prompts (one per prompt, or one int)")
-        if temperature != 0:
-            generator = [torch.Generator(device=device).manual_seed(s) for s in seed]
-    elif seed is not None and temperature != 0:
-        generator = torch.Generator(device=device).manual_seed(seed)
+    noise = None if temperature == 0 else Noise(seed, n, model.output_weight.shape[0], max_new_tokens, device)
 
-    # 1-2. prefill each prompt once (right-padded), logits at each row's last prompt token only
-    ids = torch.full((B, P), pad_id, dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        ids[i, : len(p)] = torch.tensor(p, dtype=torch.long, device=device)
-    cache = model.new_cache(B, P + max_new_tokens)
-    positions = torch.arange(P, device=device).expand(B, P)
-    hidden = model(ids, positions, cache=cache, return_hidden=True, attend_len=P)  # [B, P, d]
+    # 1. the cache: a fresh [R, P + max_new_tokens] one, or the model's own for this shape bucket
+    if compile:
+        rows = bucket(R)
+        cache = model.static_cache(rows, min(bucket(P + max_new_tokens, MIN_LEN_BUCKET), max_len))
+    else:
+        cache = model.new_cache(R, P + max_new_tokens)
+
+    # 2. prefill each prompt once (right-padded, plain causal attention); logits at each last prompt token only
+    ids = torch.tensor([list(p) + [pad_id] * (P - len(p)) for p in prompts], dtype=torch.long, device=device)
+    prompt_lens = torch.tensor([len(p) for p in prompts], device=device)
+    hidden = model(ids, cache=cache, return_hidden=True)  # [B, P, d]; keys in rows 0..B-1, slots 0..P-1
     last = hidden[torch.arange(B, device=device), prompt_lens - 1]  # [B, d]
     logits = model.logits(last).repeat_interleave(n, dim=0)  # [R, V]
 
-    # 3. copy each prompt's cache to its n samples
+    # 3. copy each prompt's slots to its n samples
     if n > 1:
-        cache.k = cache.k.repeat_interleave(n, dim=1)
-        cache.v = cache.v.repeat_interleave(n, dim=1)
-    pos = prompt_lens.repeat_interleave(n)[:, None]  # [R, 1] slot of the next token, per row
+        cache.repeat_rows(B, n, P)
+    pos = prompt_lens.repeat_interleave(n)[:, None]  # [R, 1] slot of each row's next token
+    same_length = all(len(p) == P for p in prompts)  # then every row decodes at slot P + t: no mask
+    if compile:  # static shapes: `rows` rows (padding rows decode token 0 at slot 0), the whole cache
+        step_fn = _compiled_decode_step(device)
+        step_tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        step_pos = torch.zeros(rows, 1, dtype=torch.long, device=device)
 
-    step_fn = _decode_step
-    if compile and device.type == "cuda":
-        step_fn = _compiled_decode_step()
     stops = torch.tensor(list(stop_ids) or [-1], device=device)
     out_tokens = torch.full((R, max_new_tokens), pad_id, dtype=torch.long, device=device)
     out_logp = torch.zeros(R, max_new_tokens, device=device)
@@ -144,7 +190,7 @@ def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature:
     # 4. decode
     steps = 0
     for t in range(max_new_tokens):
-        tok, logp = sample_next(logits, temperature, top_k, top_p, generator)
+        tok, logp = sample_next(logits, temperature, top_k, top_p, noise=None if noise is None else noise.next(R))
         out_tokens[:, t] = torch.where(done, pad_id, tok)
         out_logp[:, t] = torch.where(done, 0.0, logp)
         lengths += (~done).long()
@@ -156,29 +202,38 @@ def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature:
             on_step(out_tokens[:, t])
         if t == max_new_tokens - 1 or ((t + 1) % SYNC_EVERY == 0 and bool(done.all())):
             break
-        # static shapes for the compiled step: it reads the whole cache; eager reads the slots in use
-        attend = None if step_fn is not _decode_step else P + t + 1
-        logits = step_fn(model, tok[:, None], pos + t, cache, attend)
+        if compile:
+            step_tokens[:R, 0] = tok
+            step_pos[:R] = pos + t
+            if device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are consumed
+            logits = step_fn(model, step_tokens, step_pos, cache)[:R]
+        elif same_length:
+            logits = _decode_step(model, tok[:, None], P + t, cache)
+        else:
+            logits = _decode_step(model, tok[:, None], pos + t, cache, P + t + 1)
 
     if steps < max_new_tokens:
         out_tokens, out_logp = out_tokens[:, :steps], out_logp[:, :steps]
     reasons = ["stop" if s else "length" for s in stopped.tolist()]
-    return Rollout(out_tokens, out_logp, lengths, reasons, n)
+    return Rollout(out_tokens.cpu(), out_logp.cpu(), lengths.cpu(), reasons, n)
 
 
-def _decode_step(model, tokens, positions, cache, attend_len):
-    """tokens, positions [R, 1] -> next-token logits [R, V]."""
+def _decode_step(model, tokens, positions, cache, attend_len=None):
+    """tokens [R, 1], positions (an int shared by all rows, or [R, 1]) -> next-token logits [R, V]."""
     return model(tokens, positions, cache=cache, attend_len=attend_len)[:, -1]
 
 
-_COMPILED = None
+_COMPILED = {}
 
 
-def _compiled_decode_step():
-    global _COMPILED
-    if _COMPILED is None:
-        _COMPILED = torch.compile(_decode_step, mode="reduce-overhead", fullgraph=True)
-    return _COMPILED
+def _compiled_decode_step(device):
+    """The decode step compiled for static shapes: one graph per shape bucket, each compiled once."""
+    mode = "reduce-overhead" if device.type == "cuda" else None  # CUDA graphs; plain inductor elsewhere
+    if mode not in _COMPILED:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        _COMPILED[mode] = torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
+    return _COMPILED[mode]
 
 
 # -----------------------------------------------------------------------------
@@ -198,7 +253,7 @@ def main(argv=None):
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA only)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     args = ap.parse_args(argv)
     if args.max_new_tokens < 1:
         ap.error("--max-new-tokens must be >= 1")

@@ -1,11 +1,14 @@
 """Decode speed: sample.generate vs transformers' generate on identical weights (greedy, CPU).
 
     python bench/sample.py            # prints one JSON line
+    python bench/sample.py --compile  # also generate(compile=True): compile time, tok/s, graphs compiled
 
 Configs: (a) tiny — d=256, 4 layers, vocab 2048; (b) Qwen2.5-0.5B-shaped layers — d=896,
 14 heads / 2 kv heads, mlp 4864, vocab 151,936, tied — with 4 layers. Batch 1 and 16, 128 new
 tokens from 32-token prompts, best of `--repeats` runs each. For (b) it also reports the
 achieved GFLOP/s of decode against a plain [B, d] x [d, V] matmul measured in the same process.
+With --compile (inductor; CUDA graphs on CUDA): the first compiled call's seconds (it compiles the
+shape bucket), the compiled tok/s after it, greedy tokens equal to eager, and the graphs compiled.
 """
 
 import argparse
@@ -54,6 +57,7 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--compile", action="store_true", help="also time generate(compile=True)")
     args = ap.parse_args()
     import transformers
     transformers.logging.set_verbosity_error()
@@ -70,8 +74,9 @@ def main():
         for B in [int(b) for b in args.batches.split(",")]:
             prompts = torch.randint(0, cfg["vocab_size"], (B, args.prompt_len))
 
-            def run_ours():
-                return generate(ours, prompts.tolist(), max_new_tokens=args.new_tokens, temperature=0)
+            def run_ours(compile=False):
+                return generate(ours, prompts.tolist(), max_new_tokens=args.new_tokens, temperature=0,
+                                compile=compile)
 
             def run_hf():
                 with torch.no_grad():
@@ -79,7 +84,8 @@ def main():
                                        max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                                        eos_token_id=None, pad_token_id=0)
 
-            same = torch.equal(run_ours().tokens, run_hf()[:, args.prompt_len:])  # also warms up both
+            eager = run_ours()
+            same = torch.equal(eager.tokens, run_hf()[:, args.prompt_len:])  # also warms up both
             t_ours, t_hf = best_time(run_ours, args.repeats), best_time(run_hf, args.repeats)
             tok = B * args.new_tokens
             key = f"{name}_b{B}"
@@ -87,6 +93,16 @@ def main():
             result[f"{key}_hf_tok_s"] = round(tok / t_hf, 1)
             result[f"{key}_speedup"] = round(t_hf / t_ours, 2)
             result[f"{key}_same_tokens"] = same
+            if args.compile:
+                from torch._dynamo.utils import counters
+                graphs = counters["stats"]["unique_graphs"]
+                t0 = time.perf_counter()
+                compiled = run_ours(compile=True)
+                result[f"{key}_compile_first_call_s"] = round(time.perf_counter() - t0, 1)
+                t_comp = best_time(lambda: run_ours(compile=True), args.repeats)
+                result[f"{key}_compiled_tok_s"] = round(tok / t_comp, 1)
+                result[f"{key}_compiled_same_tokens"] = torch.equal(compiled.tokens, eager.tokens)
+                result[f"{key}_compiled_graphs"] = counters["stats"]["unique_graphs"] - graphs
             if name == "qwen05b_4L":
                 flops = decode_flops_per_token(cfg, args.prompt_len + args.new_tokens // 2) * tok
                 x, w = torch.randn(B, cfg["hidden_size"]), torch.randn(cfg["vocab_size"], cfg["hidden_size"])

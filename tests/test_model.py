@@ -5,8 +5,9 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from model import CheckpointError, Qwen, QwenConfig, Tokenizer
+from model import Attention, CheckpointError, Qwen, QwenConfig, Tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -113,6 +114,91 @@ def test_kv_cache_matches_full_forward(tmp_path, model_type):
         for t in range(5, 12):
             out.append(m(ids[:, t:t + 1], pos[:, t:t + 1], cache=cache, attend_len=t + 1))
     assert (torch.cat(out, 1) - full).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("grouped", [False, True], ids=["gqa", "grouped"])
+def test_cache_paths_match_transformers(tmp_path, model_type, grouped, monkeypatch):
+    """Every cached form against transformers' logits: prefill (is_causal, no mask), decode of rows at one
+    position (an int: no mask), per-row positions (mask; with `grouped`, query heads as query positions),
+    and a multi-token chunk after earlier slots."""
+    monkeypatch.setattr(Attention, "grouped_decode", grouped)
+    hf = hf_model(model_type, False, seed=9)
+    hf.save_pretrained(tmp_path)
+    m = Qwen.from_pretrained(str(tmp_path))
+    ids = ids_batch(m.config.vocab_size, B=3, T=14, seed=10)
+    with torch.no_grad():
+        ref = hf(ids).logits
+        cache = m.new_cache(batch=3, max_len=40)
+        out = [m(ids[:, :5], cache=cache)]  # prefill
+        out += [m(ids[:, t:t + 1], t, cache=cache) for t in range(5, 9)]  # rows at one position
+        pos = torch.arange(14).expand(3, 14)
+        out += [m(ids[:, t:t + 1], pos[:, t:t + 1], cache=cache, attend_len=t + 1) for t in range(9, 11)]
+        out += [m(ids[:, 11:14], 11, cache=cache)]  # a chunk after slot 11
+    assert (torch.cat(out, 1) - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["gqa", "grouped"])
+def test_right_padded_rows_match_transformers(tmp_path, grouped, monkeypatch):
+    """Rows of different lengths, right-padded: causal prefill suffices (padding comes after a row's
+    tokens), then per-row decode positions; each row equals transformers on its own unpadded text."""
+    monkeypatch.setattr(Attention, "grouped_decode", grouped)
+    hf = hf_model("qwen2", True, seed=12)
+    hf.save_pretrained(tmp_path)
+    m = Qwen.from_pretrained(str(tmp_path))
+    lens, extra = [3, 8, 5], 4
+    seqs = ids_batch(m.config.vocab_size, B=3, T=8 + extra, seed=13)
+    padded = seqs[:, :8].clone()
+    for i, L in enumerate(lens):
+        padded[i, L:] = 0  # padding a row's own continuation must not matter
+    with torch.no_grad():
+        cache = m.new_cache(batch=3, max_len=8 + extra)
+        prefill = m(padded, cache=cache)
+        rows_pos = torch.tensor(lens)[:, None]
+        steps = []
+        for t in range(extra):
+            tok = torch.stack([seqs[i, L + t] for i, L in enumerate(lens)])[:, None]
+            steps.append(m(tok, rows_pos + t, cache=cache, attend_len=8 + t + 1))
+        for i, L in enumerate(lens):
+            ref = hf(seqs[i:i + 1, :L + extra]).logits[0]
+            got = torch.cat([prefill[i, :L], torch.cat(steps, 1)[i]])
+            assert (got - ref).abs().max().item() <= 1e-4
+
+
+def test_attention_forms(tmp_path, monkeypatch):
+    """Which SDPA call each path makes: training and prefill use is_causal with no mask (flash attention
+    on GPU); a decode step of rows at one position has no mask; per-row positions need one, and the
+    grouped form drops enable_gqa (the fused CUDA kernels take a mask only without it)."""
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, is_causal=False, enable_gqa=False, **kw):
+        calls.append(dict(q=tuple(q.shape), mask=attn_mask is not None, causal=is_causal, gqa=enable_gqa))
+        return real(q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=enable_gqa, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    hf_model("qwen2", True).save_pretrained(tmp_path)
+    m = Qwen.from_pretrained(str(tmp_path))
+    n_layers, H, H_kv, hd = m.config.num_hidden_layers, 4, 2, m.config.head_dim
+    ids = ids_batch(m.config.vocab_size, B=2, T=6)
+
+    def forms(*args, **kw):
+        calls.clear()
+        with torch.no_grad():
+            m(*args, **kw)
+        assert len(calls) == n_layers
+        return calls[0]
+
+    assert forms(ids) == dict(q=(2, H, 6, hd), mask=False, causal=True, gqa=True)  # training forward
+    cache = m.new_cache(2, 16)
+    assert forms(ids, cache=cache) == dict(q=(2, H, 6, hd), mask=False, causal=True, gqa=True)  # prefill
+    assert forms(ids[:, :1], 6, cache=cache) == dict(q=(2, H, 1, hd), mask=False, causal=False, gqa=True)
+    pos = torch.tensor([[7], [5]])
+    assert forms(ids[:, :1], pos, cache=cache, attend_len=8) == dict(q=(2, H, 1, hd), mask=True, causal=False,
+                                                                        gqa=True)
+    monkeypatch.setattr(Attention, "grouped_decode", True)  # the CUDA default
+    assert forms(ids[:, :1], pos, cache=cache, attend_len=8) == dict(q=(2, H_kv, H // H_kv, hd), mask=True,
+                                                                        causal=False, gqa=False)
 
 
 def test_hidden_states_and_output_weight(tmp_path):

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+import sample
 from conftest import make_tiny_checkpoint
-from model import Qwen
-from sample import generate, process_logits, sample_next
+from model import Qwen, QwenConfig
+from sample import MIN_LEN_BUCKET, bucket, generate, process_logits, sample_next
 
 transformers = pytest.importorskip("transformers")
 
@@ -24,10 +25,12 @@ def prompt_batch(vocab, lens=(5, 13, 1, 9), seed=0):
     return [torch.randint(3, vocab, (L,), generator=g).tolist() for L in lens]
 
 
-def test_greedy_matches_transformers_generate(ckpt):
+@pytest.mark.parametrize("lens", [(5, 13, 1, 9), (6, 6, 6), (8,)], ids=["mixed", "equal", "one"])
+def test_greedy_matches_transformers_generate(ckpt, lens):
+    """Mixed lengths decode with a per-row mask; equal lengths (and one prompt) with none at all."""
     path, model, tok = ckpt
     hf = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
-    prompts = prompt_batch(model.config.vocab_size)
+    prompts = prompt_batch(model.config.vocab_size, lens=lens)
     stop = 7  # an ordinary token as the stop id, so some rows stop early and others run to the limit
     ro = generate(model, prompts, max_new_tokens=24, temperature=0, stop_ids=[stop], pad_id=0)
     reasons = set()
@@ -152,6 +155,54 @@ def test_determinism(ckpt):
     assert torch.equal(g1.tokens, g2.tokens)  # seed=None follows torch's global RNG
 
 
+def test_cpu_generator_draws_split_evenly():
+    """What Noise relies on to leave samples unchanged on the CPU: one draw of K steps' noise from a
+    generator gives the same numbers as K draws of one step each (mt19937 is consumed in order)."""
+    for n_v in (7, 8 * 320, 151936):
+        g = torch.Generator().manual_seed(4)
+        block = torch.empty(5, n_v).exponential_(1, generator=g)
+        g = torch.Generator().manual_seed(4)
+        steps = torch.stack([torch.empty(n_v).exponential_(1, generator=g) for _ in range(5)])
+        assert torch.equal(block, steps)
+
+
+def test_per_prompt_noise_is_drawn_in_blocks(ckpt, monkeypatch):
+    """List seeds: each prompt's generator draws many steps at once (not one launch per prompt per token),
+    and the samples equal those of one-step draws."""
+    _, model, _ = ckpt
+    prompts = prompt_batch(model.config.vocab_size, lens=(4, 9, 2))
+    kw = dict(n=3, max_new_tokens=20, temperature=1.0, top_k=30, seed=[5, 6, 7])
+    calls = []
+    real = torch.Tensor.exponential_
+    monkeypatch.setattr(torch.Tensor, "exponential_", lambda t, *a, **k: calls.append(t.shape) or real(t, *a, **k))
+    blocks = generate(model, prompts, **kw)
+    assert len(calls) == 3  # once per prompt for the whole call (K = 20 steps here)
+    monkeypatch.setattr(sample, "NOISE_BYTES", 1)  # K = 1: one draw per prompt per step, as before blocks
+    calls.clear()
+    steps = generate(model, prompts, **kw)
+    assert len(calls) == 3 * steps.tokens.shape[1]
+    assert torch.equal(blocks.tokens, steps.tokens) and torch.equal(blocks.logprobs, steps.logprobs)
+
+
+def test_per_prompt_seeds_do_not_depend_on_the_batch(ckpt):
+    _, model, _ = ckpt
+    a, b, c = prompt_batch(model.config.vocab_size, lens=(4, 9, 2))
+    kw = dict(n=2, max_new_tokens=12, temperature=1.0)
+    abc = generate(model, [a, b, c], seed=[1, 2, 3], **kw)
+    ca = generate(model, [c, a], seed=[3, 1], **kw)
+    b_alone = generate(model, [b], seed=[2], **kw)
+    for i in range(2):
+        assert abc.completion(i) == ca.completion(2 + i)  # a
+        assert abc.completion(2 + i) == b_alone.completion(i)  # b
+        assert abc.completion(4 + i) == ca.completion(i)  # c
+
+
+def test_rollout_is_on_the_cpu(ckpt):
+    _, model, _ = ckpt
+    ro = generate(model, prompt_batch(model.config.vocab_size, lens=(3, 5)), max_new_tokens=4, seed=0)
+    assert ro.tokens.is_cpu and ro.logprobs.is_cpu and ro.lengths.is_cpu  # reading rows: no device syncs
+
+
 def test_stop_handling_per_row(ckpt):
     _, model, _ = ckpt
     prompts = prompt_batch(model.config.vocab_size, lens=(4, 7, 3))
@@ -177,12 +228,83 @@ def test_loop_ends_early_when_all_rows_stop(ckpt):
     assert ro.finish_reasons == ["stop", "stop"] and ro.tokens.shape[1] <= 8
 
 
-def test_compile_flag_is_harmless_on_cpu(ckpt):
-    _, model, _ = ckpt
-    prompts = prompt_batch(model.config.vocab_size)
-    a = generate(model, prompts, max_new_tokens=5, temperature=0)
-    b = generate(model, prompts, max_new_tokens=5, temperature=0, compile=True)
-    assert torch.equal(a.tokens, b.tokens)
+def tiny_model(seed=0, **over):
+    """A random Qwen (2 layers unless told) built in memory: no checkpoint folder, no tokenizer."""
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=257, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=1024, rope_theta=10000.0, tie_word_embeddings=True)
+    model = Qwen(QwenConfig(**{**cfg, **over}))
+    with torch.no_grad():  # default init gives near-uniform logits; widen them as conftest does
+        for p in model.parameters():
+            p.normal_(0, 0.2) if p.dim() > 1 else p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+# (prompt lengths, n, max_new_tokens): 11 shapes, all in 2 buckets (rows B*n padded to 2 or 4, cache length to 64)
+COMPILE_SHAPES = [((5, 9, 3), 1, 12), ((4,), 2, 20), ((7, 7), 1, 30), ((2, 11), 2, 9), ((6, 1, 8, 3), 1, 17),
+                  ((13, 2), 1, 15), ((3, 3), 2, 25), ((10, 4), 1, 40), ((5, 5, 2), 1, 8), ((9, 9, 3), 1, 50),
+                  ((1, 2, 3, 4), 1, 11)]
+
+
+def test_compile_matches_eager_over_many_shapes():
+    """compile=True (inductor's C++ backend on the CPU) gives eager's greedy tokens over 11 (prompts,
+    lengths) shapes with one compile per shape bucket: 2 buckets, 2 compiles, no recompile-limit error
+    (before buckets every shape recompiled, and the ninth failed). Slow by nature: inductor runs gcc;
+    ~35 s with a cold inductor cache on a busy 2-core machine, ~10 s warm. A 1-layer model keeps that
+    down; the next test covers more buckets and layers without code generation.
+    Not testable on a CPU: CUDA graphs (mode="reduce-overhead" applies on CUDA only), the fused GPU
+    attention kernels, and GPU speed."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny_model(seed=11, num_hidden_layers=1)
+    buckets = set()
+    for i, (lens, n, new) in enumerate(COMPILE_SHAPES):
+        prompts = prompt_batch(model.config.vocab_size, lens=lens, seed=i)
+        kw = dict(n=n, max_new_tokens=new, temperature=0, stop_ids=[7], pad_id=0)
+        eager = generate(model, prompts, **kw)
+        compiled = generate(model, prompts, compile=True, **kw)
+        assert torch.equal(compiled.tokens, eager.tokens), (lens, n, new)
+        assert torch.equal(compiled.lengths, eager.lengths) and compiled.finish_reasons == eager.finish_reasons
+        assert torch.allclose(compiled.logprobs, eager.logprobs, atol=1e-4)
+        buckets.add((bucket(len(lens) * n), bucket(max(lens) + new, MIN_LEN_BUCKET)))
+    assert len(COMPILE_SHAPES) >= 10 and buckets == {(2, 64), (4, 64)}
+    assert counters["stats"]["unique_graphs"] == len(buckets)  # one compile per bucket, none per shape
+    assert len(model._static_caches) == len(buckets)  # and one persistent cache per bucket, reused
+
+
+def test_compile_survives_more_buckets_than_the_recompile_limit(monkeypatch):
+    """Nine buckets (more than dynamo's default limit of 8 graphs per function): each compiled once.
+    Dynamo only (backend="eager": graphs captured, no code generated), to keep it cheap."""
+    from torch._dynamo.utils import counters
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, **kw: real_compile(fn, backend="eager", **kw))
+    monkeypatch.setattr(sample, "_COMPILED", {})
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny_model(seed=3)
+    for rows in (1, 2, 4):
+        for length in (64, 128, 256):
+            prompts = prompt_batch(model.config.vocab_size, lens=[length - 3] * rows, seed=rows)
+            eager = generate(model, prompts, max_new_tokens=3, temperature=0)
+            compiled = generate(model, prompts, max_new_tokens=3, temperature=0, compile=True)
+            assert torch.equal(compiled.tokens, eager.tokens)
+    assert counters["stats"]["unique_graphs"] == 9 == len(model._static_caches)
+    torch._dynamo.reset()
+
+
+def test_buckets():
+    assert [bucket(x) for x in (1, 2, 3, 4, 5, 9, 512, 513)] == [1, 2, 4, 4, 8, 16, 512, 1024]
+    assert bucket(5, 64) == 64 and bucket(65, 64) == 128
+
+
+def test_static_cache_is_reused():
+    model = tiny_model()
+    a = model.static_cache(4, 64)
+    assert model.static_cache(4, 64) is a and model.static_cache(8, 64) is not a
+    assert a.k[0].shape == (4, model.config.num_key_value_heads, 64, model.config.head_dim)
 
 
 def test_bad_arguments(ckpt):
