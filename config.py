@@ -120,7 +120,8 @@ class TrainConfig:
                              choices=("off", "layer"))
     ref_placement: str = setting("shard", "KL reference and frozen judge: shard (on the device), cpu (moved in "
                                           "per pass)", choices=("shard", "cpu"))
-    compile: bool = setting(False, "torch.compile the decode step of rollouts, proposals and the judge")
+    compile: bool = setting(False, "torch.compile the decode step of rollouts, proposals and the judge (shape "
+                                   "buckets; inductor, CUDA graphs on CUDA)")
     # self-rewarding correction (answer -> [VERIFY] -> correction; see experiments/self_correct.py)
     self_correct: bool = setting(False, "rollouts are [VERIFY] trajectories, rewarded on their final answer only")
     max_turns: int = setting(2, "self-correction: corrections allowed after the first answer")

@@ -34,7 +34,7 @@ class Judge:
         self.model, self.tokenizer, self.task = model, tokenizer, task
         self.samples, self.temperature, self.top_p = samples, temperature, top_p
         self.max_new_tokens, self.style, self.batch_size = max_new_tokens, style, batch_size
-        self.compile = compile  # torch.compile the decode step (CUDA only)
+        self.compile = compile  # torch.compile the decode step (inductor; CUDA graphs on CUDA)
 
     def prompt_ids(self, problem, answer) -> list[int]:
         return self.tokenizer.encode_chat(self.task.judge_prompt(problem, answer, style=self.style))
