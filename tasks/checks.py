@@ -1,4 +1,5 @@
-"""checks — the integration verifier's math: is F an antiderivative of f? (Definite integrals: definite.py.)
+"""checks — the integration verifier's math: is F an antiderivative of f? (definite.py: the value
+of a definite integral; check_job runs either.)
 
   check(integrand, answer, deadline) -> bool  True iff the answer F differs from an antiderivative of
                                               the integrand f by a constant (both are text)
@@ -36,6 +37,7 @@ from tasks.calculus import (BadPoint, compile_derivative, compile_tree, mp_lib, 
 
 # -----------------------------------------------------------------------------
 # tiers 1 and 3: F(b) - F(a) against the quadrature of f on short random intervals
+
 def _gauss_legendre(n):
     """Nodes and weights of n-point Gauss-Legendre on [-1, 1] (Newton on the Legendre polynomial)."""
     import mpmath

@@ -20,6 +20,7 @@ process from tasks/pool.py under a hard time limit: a check that runs past it is
 worker is killed and replaced.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -58,6 +59,11 @@ def _read_bee():
 
 
 BEE = _read_bee()
+
+
+@functools.lru_cache(maxsize=1)
+def _bee_integrands():
+    return frozenset(canonical(row["integrand"]) for row in BEE)
 
 
 def canonical(text):
@@ -173,8 +179,8 @@ def _simple_pair(rng, max_terms):
     the antiderivative one textbook rule gives (power rule, linear substitution, one integration by
     parts)."""
     x = symbol_x()
-    chosen = []
-    while len(chosen) < rng.randint(1, max_terms):
+    chosen, count = [], rng.randint(1, max_terms)
+    while len(chosen) < count:
         kind = rng.choice(SIMPLE_KINDS[:1] * 3 + SIMPLE_KINDS)  # powers are the commonest exercise
         if kind not in chosen:
             chosen.append(kind)
@@ -200,12 +206,22 @@ def _difficulty(overrides):
     return d
 
 
+def _constant_value(text):
+    """The real value of a constant expression (text) as a float, or None if it has none."""
+    value = values_at(parse(text), [0])[0]
+    return None if value is None or value.imag != 0 else float(value.real)
+
+
 def _definite_problem(problem, F, lower, upper):
-    """`problem` made definite on [lower, upper] with value F(upper) - F(lower), or None when that
-    value is not a short real closed form or the checker does not confirm it (F jumps in between,
-    the integrand is complex there)."""
+    """`problem` made definite on [lower, upper] with value F(upper) - F(lower), or None when the
+    integrand is not finite at both bounds (generated exercises stay regular there, and quick to
+    check), the value is not a short real closed form, or the checker does not confirm it (F jumps
+    in between, the integrand is complex there)."""
     import sympy as sp
     x = symbol_x()
+    ends = [_constant_value(lower), _constant_value(upper)]
+    if any(v is None for v in values_at(parse(problem["integrand"]), ends)):
+        return None
     a, b = (to_sympy(parse(t)) for t in (lower, upper))
     value = F.subs(x, b) - F.subs(x, a)
     if value.has(sp.I, sp.zoo, sp.nan, sp.oo, -sp.oo):
@@ -223,8 +239,9 @@ def make_problems(n, seed, split="train", **difficulty):
     """`n` distinct problems of the split, fixed by `seed`.
 
     split "train" / "test": generated, a fixed hash partition apart, and never one of the Bee
-    integrands; problem i is definite when floor((i + 1) * definite) > floor(i * definite), so any
-    8 consecutive problems hold the share exactly (rounded). Split "bee": the first n of the fixed
+    integrands; problem i is definite when floor((i + 1) * definite) > floor(i * definite), so the
+    first k problems hold floor(k * definite) definite ones, for every k (a batch of 8 at the default
+    share: 2). Split "bee": the first n of the fixed
     Integration Bee-style set (seed ignored). Difficulty knobs (see DEFAULTS): atoms, depth,
     max_terms, max_len, definite.
     """
@@ -238,7 +255,7 @@ def make_problems(n, seed, split="train", **difficulty):
     import sympy as sp
     x = symbol_x()
     rng = random.Random(f"integration/{split}/{seed}")
-    seen = {canonical(row["integrand"]) for row in BEE}  # never train or test on the Bee set
+    seen = set(_bee_integrands())  # never train or test on the Bee set
     problems = []
     for _ in range(200 * n + 1000):
         if len(problems) == n:
@@ -421,9 +438,10 @@ def _call_nesting(node):
     return (node[0] == "call") + max(inner, default=0)
 
 
-def _looks_integrable(node, points=(0.3, 0.7, 1.3, 2.1, 3.7)):
-    """Cheap filters for a proposed integrand: small, depends on x, no x**x-style towers, finite,
-    real and moderate at most of `points` (a few on x > 0, or inside a definite integral's bounds).
+def _looks_integrable(node, points=(0.3, 0.7, 1.3, 2.1, 3.7), real=False):
+    """Cheap filters for a proposed integrand: small, depends on x, no x**x-style towers, finite
+    and moderate (and `real`) at most of `points` (a few on x > 0, or inside a definite integral's
+    bounds, where it must be real).
     (Whether an elementary antiderivative exists, or a definite integral converges, is not decided
     cheaply; this only throws out what clearly is not a sensible exercise.)"""
     if not has_x(node) or _call_nesting(node) > MAX_CALL_NESTING:
@@ -438,7 +456,8 @@ def _looks_integrable(node, points=(0.3, 0.7, 1.3, 2.1, 3.7)):
     if towers(node):
         return False
     values = values_at(node, points)
-    moderate = sum(v is not None and abs(v) < 1e10 and abs(v.imag) <= 1e-9 * (1 + abs(v)) for v in values)
+    moderate = sum(v is not None and abs(v) < 1e10 and (not real or abs(v.imag) <= 1e-9 * (1 + abs(v)))
+                   for v in values)
     return moderate >= 0.6 * len(points)  # mostly real, finite and moderate where the checker looks first
 
 
@@ -489,8 +508,8 @@ def _parse_bounds(lower, upper):
     lower, upper = canonical(lower), canonical(upper)
     if lower is None or upper is None or definite.bounds(lower, upper) is None:
         return None
-    values = [values_at(parse(t), [0])[0] for t in (lower, upper)]
-    if any(v is None or v.imag != 0 or abs(v) > MAX_BOUND for v in values) or values[0] == values[1]:
+    values = [_constant_value(t) for t in (lower, upper)]
+    if any(v is None or abs(v) > MAX_BOUND for v in values) or values[0] == values[1]:
         return None
     return lower, upper
 
@@ -522,8 +541,8 @@ def parse_problem(text):
         bounds = _parse_bounds(*bounds)
         if bounds is None:
             return None
-        a, b = (float(values_at(parse(t), [0])[0].real) for t in bounds)
-        if not _looks_integrable(node, [a + (b - a) * k / 8 for k in range(1, 8)]):
+        a, b = (_constant_value(t) for t in bounds)
+        if not _looks_integrable(node, [a + (b - a) * k / 8 for k in range(1, 8)], real=True):
             return None
         problem = {"lower": bounds[0], "upper": bounds[1]}
     elif not _looks_integrable(node):

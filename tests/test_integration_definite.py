@@ -41,7 +41,8 @@ DEFINITE_CASES = [
     # plain values, right and wrong
     (d("x**2", "0", "1"), "1/3", True), (d("x**2", "0", "1"), "1/2", False), (d("x**2", "0", "1"), "0.3333", False),
     (d("x", "1", "0"), "-1/2", True),                         # reversed bounds
-    (d("sin(x)**2*cos(x)**3", "-pi/2", "pi/2"), "4/15", True), (d("sin(x)**2*cos(x)**3", "-pi/2", "pi/2"), "8/15", False),
+    (d("sin(x)**2*cos(x)**3", "-pi/2", "pi/2"), "4/15", True),
+    (d("sin(x)**2*cos(x)**3", "-pi/2", "pi/2"), "8/15", False),
     (d("exp(x)", "0", "log(2)"), "1", True), (d("1/x", "1", "E"), "1", True), (d("1/x", "1", "E"), "E - 1", False),
     # odd integrands over symmetric bounds: the value 0 is checkable (the scale is the integral of |f|)
     (d("x**3*cos(x)", "-1", "1"), "0", True), (d("x**3*cos(x)", "-1", "1"), "1/10", False),
@@ -81,8 +82,10 @@ def test_integral_accuracy():
     """Tanh-sinh at 30 digits: many more digits than the tolerance (1e-12 of the integral of |f|) needs."""
     with mpmath.workdps(40):
         pi = mpmath.pi
-        cases = [("1/sqrt(x)", "0", "1", mpmath.mpf(2), 1e-16), ("log(sin(x))", "0", "pi/2", -pi * mpmath.log(2) / 2, 1e-25),
-                 ("sin(x)/x", "-1", "1", 2 * mpmath.si(1), 1e-25), (YEAR_F, "0", "1", mpmath.mpf(1) / (2025 * 2026), 1e-20),
+        cases = [("1/sqrt(x)", "0", "1", mpmath.mpf(2), 1e-16),
+                 ("log(sin(x))", "0", "pi/2", -pi * mpmath.log(2) / 2, 1e-25),
+                 ("sin(x)/x", "-1", "1", 2 * mpmath.si(1), 1e-25),
+                 (YEAR_F, "0", "1", mpmath.mpf(1) / (2025 * 2026), 1e-20),
                  ("abs(x - 1/3)", "0", "1", mpmath.mpf(5) / 18, 1e-25), ("x**(-2/3)", "0", "8", mpmath.mpf(6), 1e-18),
                  ("1/(1 + tan(x)**2024)", "0", "pi/2", pi / 4, 1e-20)]
         for f, a, b, exact, relative in cases:
@@ -103,7 +106,8 @@ def test_year_sized_exponents_are_accepted_and_checked_right():
     assert it.canonical(YEAR_ANTIDERIVATIVE) == "-(1 - x**2025)**2026/4102650"
     problem = {"integrand": YEAR_F}
     answers = [YEAR_ANTIDERIVATIVE, YEAR_ANTIDERIVATIVE + " + 7", "-(1 - x**2025)**2026/(2025*2027)",
-               "(1 - x**2025)**2026/(2025*2026)", "-(1 - x**2025)**2025/(2025*2026)", "-(1 - x**2024)**2026/(2025*2026)"]
+               "(1 - x**2025)**2026/(2025*2026)", "-(1 - x**2025)**2025/(2025*2026)",
+               "-(1 - x**2024)**2026/(2025*2026)"]
     start = time.perf_counter()
     assert it.verify_many([problem] * 6, answers) == [True, True, False, False, False, False]
     assert time.perf_counter() - start < 3  # decided by the pointwise tier, not by sympy or the time limit
@@ -133,7 +137,8 @@ def test_pointwise_derivative_matches_sympy():
 
 COSTLY = ["10**10**10", "9**9**9**9", "2**(3**10)", "(1/2)**(10**9)", "x**(10**400)", "x**x**(2**2000)",
           "x**(2**999)", "(x**(2**200))**(2**200)*(x**(2**200))**(2**200)*(x**(2**200))**(2**200)"]
-EXPANDING = ["(2*x)**(10**6)", "(x**0 + 2)**(10**9)", "(x - x + 2)**(10**8)", "sqrt(2)**(10**9)", "(x*sqrt(3))**(10**7)"]
+EXPANDING = ["(2*x)**(10**6)", "(x**0 + 2)**(10**9)", "(x - x + 2)**(10**8)", "sqrt(2)**(10**9)",
+             "(x*sqrt(3))**(10**7)"]
 CHEAP_BUT_BIG = ["x**(10**10)", "sin(x)**999999", "(1 - x**2025)**(2**63)", "x**(10**10)*(1 - x**(10**10))**(10**10)",
                  "2**(3**7)*x", "(-1)**(10**9)*x", "x**(1/10**15)"]
 
@@ -213,7 +218,8 @@ def test_simple_atoms_for_the_tiny_model():
     problems = it.make_problems(24, seed=1, atoms="simple", max_terms=2, max_len=40)
     allowed = {"exp", "sin", "cos"}
     for p in problems:
-        calls = {type(a).__name__ for a in sp.preorder_traversal(it._sympy(p["integrand"])) if isinstance(a, sp.Function)}
+        calls = {type(a).__name__ for a in sp.preorder_traversal(it._sympy(p["integrand"]))
+                 if isinstance(a, sp.Function)}
         assert calls <= allowed and len(p["integrand"]) <= 40, p
         steps = it.solution_text(p, None).splitlines()
         assert steps[-1].startswith("<answer>") and 2 <= len(steps) <= 5, steps  # a few steps, then the answer
@@ -252,7 +258,8 @@ def test_parse_problem_of_both_kinds():
     assert it.parse_problem("integrate(x, x)") == {"integrand": "x"}
     for bad in ["integrate(x, (x, 0, 0))", "integrate(x, (x, 0, x))", "integrate(x, (y, 0, 1))", "integrate(x, (x, 0))",
                 "integrate(x, (x, 0, 1, 2))", "integrate(x, (x, 0, 10**6))", "integrate(sqrt(x), (x, -2, -1))",
-                "integrate(x, (x, 0, 1)", "integrate(x, x, 0, 1)", "integrate(x, (x, 0, oo))", "integrate(x, (x, 0, I))",
+                "integrate(x, (x, 0, 1)", "integrate(x, x, 0, 1)", "integrate(x, (x, 0, oo))",
+                "integrate(x, (x, 0, I))",
                 "integrate(3, (x, 0, 1))", "integrate(x, (x, 0, log(0)))"]:
         assert it.parse_problem(bad) is None, bad
     for problem in it.make_problems(12, seed=5):
@@ -294,5 +301,6 @@ def test_bee_set_is_self_consistent():
     with_f = [b for b in definite_rows if "antiderivative" in b]
     assert len(with_f) >= 8
     assert all(it.verify_many([{"integrand": b["integrand"]} for b in with_f], [b["antiderivative"] for b in with_f]))
-    assert all(sp.simplify(it._sympy(it._value({k: v for k, v in b.items() if k != "value"})) - it._sympy(b["value"])) == 0
-               for b in with_f)
+    for b in with_f:
+        without_value = {k: v for k, v in b.items() if k != "value"}
+        assert sp.simplify(it._sympy(it._value(without_value)) - it._sympy(b["value"])) == 0, b
