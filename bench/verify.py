@@ -5,7 +5,9 @@
 The mix is what the loop sees: correct answers, near misses (the plausible wrong answers a weak
 model writes), unparseable text and missing answers. Countdown verifies in-process; integration
 answers go through the worker processes (started before timing: startup is a one-off cost), both
-one call at a time (`verify`) and batched (`verify_many`, as the loop calls it).
+one call at a time (`verify`) and batched (`verify_many`, as the loop calls it). A worker computes a
+definite integral once per problem and remembers it: the first check of each definite problem
+(cold: the quadrature) is timed apart, as is the year-sized Bee integral (the pointwise tier).
 """
 
 import argparse
@@ -74,6 +76,20 @@ def main():
     problems = it.make_problems(args.n - len(it.BEE), seed=0) + it.make_problems(len(it.BEE), 0, split="bee")
     ps, answers = mix(it, problems, rng)
     workers = args.workers or default_workers()
+    it.verify({"integrand": "x"}, "x**2/2")  # start the first worker
+    cold = []
+    for p in [p for p in problems if it.is_definite(p)]:  # first sight of each integral, in one worker
+        t0 = time.perf_counter()
+        it.verify(p, it.reference_answer(p))
+        cold.append(time.perf_counter() - t0)
+    cold.sort()
+    out["integration_definite_share"] = round(len(cold) / len(problems), 3)
+    out["integration_definite_cold_ms_p50"] = round(1000 * statistics.median(cold), 1)
+    out["integration_definite_cold_ms_max"] = round(1000 * cold[-1], 1)
+    t0 = time.perf_counter()
+    it.verify_many([{"integrand": "x**2024*(1 - x**2025)**2025"}] * 2,
+                   ["-(1 - x**2025)**2026/(2025*2026)", "-(1 - x**2025)**2026/(2025*2027)"], workers=1)
+    out["integration_year_exponent_ms_per_check"] = round(1000 * (time.perf_counter() - t0) / 2, 1)
     it.verify_many(ps[:workers * 4], answers[:workers * 4], workers=workers)  # start (and warm) the workers
     latencies = []
 

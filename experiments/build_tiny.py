@@ -1,7 +1,15 @@
-"""Build the embedded tiny Countdown model from nothing: data -> tokenizer -> SFT -> self-sample SFT.
+"""Build an embedded tiny model from nothing: data -> tokenizer -> SFT -> self-sample SFT.
 
     python experiments/build_tiny.py                       # writes assets/tiny-countdown
     python experiments/build_tiny.py --quick --out /tmp/t  # a minute-sized run of the same pipeline
+    python experiments/build_tiny.py --task integration    # writes assets/tiny-integration
+
+The steps below are Countdown's; integration (--task integration) runs the same pipeline on its own
+data: small antiderivatives (TASK_SETTINGS), a solver that integrates term by term ("int g = G"
+lines, then F at the bounds when definite) before its answer, a judge that differentiates the
+candidate term by term and compares with the integrand (definite: confirms an antiderivative by
+differentiating it and evaluates it at the bounds) before <JUDGE_SCORE>, and proposals that are
+plain problems (it has no proposals with a witness yet).
 
 1. Task-generated supervised data (compact prompts): for each training problem a worked solution,
    and judge examples whose answers are a correct solution and a near miss (right numbers, value a
@@ -36,7 +44,7 @@ import torch  # noqa: E402
 import tasks  # noqa: E402
 from checkpoint import read_meta  # noqa: E402
 from config import SFTConfig, make_config  # noqa: E402
-from eval import evaluate, sample_texts  # noqa: E402
+from eval import evaluate, sample_texts, verify_all  # noqa: E402
 from judge import Judge  # noqa: E402
 from model import Qwen, QwenConfig, Tokenizer, chatml  # noqa: E402
 from sft import train_sft  # noqa: E402
@@ -49,13 +57,27 @@ STYLE = "compact"
 TRAIN_DEFAULTS = dict(lr=1e-4, max_new_tokens=64, judge_max_new_tokens=96, judge_temperature=0.0, kl_coef=0.1,
                       eval_n=200, eval_interval=50, steps=200)
 DIFFICULTY = dict(min_count=3, max_count=3, min_number=1, max_number=25, min_target=1, max_target=100)
+# integration: one or two textbook terms (x**n, exp/sin/cos of a*x + b, x times one of those: one rule
+# each), integrands of at most 40 characters, a quarter definite on nice bounds (as in a Bee qualifier)
+INTEGRATION_DIFFICULTY = dict(atoms="simple", max_terms=2, max_len=40, definite=0.25)
+# not tuned yet (the full integration build has not been run): Countdown's, with room for the longer
+# worked solutions (about 3 lines) and judgements (about 5-8 lines)
+INTEGRATION_TRAIN_DEFAULTS = dict(lr=1e-4, max_new_tokens=160, judge_max_new_tokens=192, judge_temperature=0.0,
+                                  kl_coef=0.1, eval_n=200, eval_interval=50, steps=200)
+# per task: model folder name, knobs, RL defaults, and the token budgets of the build's own sampling
+TASK_SETTINGS = {
+    "countdown": dict(folder="tiny-countdown", difficulty=DIFFICULTY, train_defaults=TRAIN_DEFAULTS,
+                      answer_tokens=96, judge_tokens=128, max_len=256),
+    "integration": dict(folder="tiny-integration", difficulty=INTEGRATION_DIFFICULTY,
+                        train_defaults=INTEGRATION_TRAIN_DEFAULTS, answer_tokens=160, judge_tokens=192, max_len=384),
+}
 
 
 def chat_line(messages, reply):
     return {"messages": messages + [{"role": "assistant", "content": reply}]}
 
 
-def stage1_examples(task, problems, rng, propose_fraction=0.1):
+def stage1_examples(task, problems, rng, difficulty, propose_fraction=0.1):
     """Solutions, judge examples (one right, one near-miss answer per problem) and proposals."""
     out = []
     for p in problems:
@@ -63,29 +85,32 @@ def stage1_examples(task, problems, rng, propose_fraction=0.1):
         out += [chat_line(task.prompt(p, style=STYLE), s) for s in solutions]
         for answer in (task.extract_answer(rng.choice(solutions)), task.near_miss(p, rng)):
             out.append(chat_line(task.judge_prompt(p, answer, style=STYLE), task.judge_text(p, answer, style=STYLE)))
-    out += proposal_examples(task, problems, rng, int(propose_fraction * len(problems)))
+    out += proposal_examples(task, problems, rng, int(propose_fraction * len(problems)), difficulty)
     rng.shuffle(out)
     return out
 
 
-def proposal_examples(task, problems, rng, n):
+def proposal_examples(task, problems, rng, n, difficulty):
     """Proposals with their witness: three example problems shown, then a new problem worked forward
-    from its numbers (steps, then "nums ... target T by EXPR")."""
+    from its numbers (steps, then "nums ... target T by EXPR"). A task without proposals with a
+    witness (integration) proposes a fourth problem of the list as it is."""
+    if not hasattr(task, "proposal_text"):
+        shown = [rng.sample(problems, 4) for _ in range(n)]
+        return [chat_line(task.propose_prompt(s[:3], style=STYLE), task.problem_text(s[3])) for s in shown]
     return [chat_line(task.propose_prompt(rng.sample(problems, 3), style=STYLE),
-                      task.proposal_text(rng, style=STYLE, **DIFFICULTY)) for _ in range(n)]
+                      task.proposal_text(rng, style=STYLE, **difficulty)) for _ in range(n)]
 
 
-def own_sample_examples(task, model, tok, problems, rng, samples, seed, solutions=True):
+def own_sample_examples(task, model, tok, problems, rng, samples, seed, solutions=True, max_new_tokens=96):
     """Judge examples on the model's own answers (balanced right/wrong), plus fresh solutions."""
     prompts = [tok.encode_chat(task.prompt(p, style=STYLE)) for p in problems]
     right, wrong = [], []
-    texts, _ = sample_texts(model, tok, prompts, max_new_tokens=96, temperature=1.0, seed=seed, batch_size=256,
-                            n=samples)
-    for i, text in enumerate(texts):
-        p, answer = problems[i // samples], task.extract_answer(text)
-        if answer is None or not answer.strip():
-            continue
-        (right if task.verify(p, answer) else wrong).append((p, answer))
+    texts, _ = sample_texts(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed,
+                            batch_size=256, n=samples)
+    rows = [(problems[i // samples], task.extract_answer(text)) for i, text in enumerate(texts)]
+    rows = [(p, answer) for p, answer in rows if answer is not None and answer.strip()]
+    for (p, answer), correct in zip(rows, verify_all(task, [p for p, _ in rows], [a for _, a in rows])):
+        (right if correct else wrong).append((p, answer))  # one batch: integration verifies in worker processes
     rng.shuffle(right)
     rng.shuffle(wrong)
     k = min(len(right), len(wrong))
@@ -111,9 +136,9 @@ def write_jsonl(path, rows):
 
 
 def main():
-    ap = argparse.ArgumentParser(description="Build the embedded tiny Countdown model (see the module docstring).")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                  "assets", "tiny-countdown"), help="model folder to write")
+    ap = argparse.ArgumentParser(description="Build an embedded tiny model (see the module docstring).")
+    ap.add_argument("--task", default="countdown", choices=sorted(TASK_SETTINGS), help="the task the model is for")
+    ap.add_argument("--out", default="", help="model folder to write (default: assets/tiny-<task>)")
     ap.add_argument("--work", default="", help="scratch folder (default: OUT.work, removed at the end)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--problems", type=int, default=16000, help="stage-1 training problems")
@@ -133,21 +158,29 @@ def main():
     ap.add_argument("--done-rounds", type=int, default=1, help="with --continue-from: rounds DIR already had")
     ap.add_argument("--quick", action="store_true", help="a minute-sized budget (tests, smoke runs)")
     args = ap.parse_args()
+    settings = TASK_SETTINGS[args.task]
+    args.out = args.out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                                        settings["folder"])
+    args.difficulty, args.train_defaults = settings["difficulty"], settings["train_defaults"]
+    args.answer_tokens, args.judge_tokens, args.max_len = (settings[k] for k in ("answer_tokens", "judge_tokens",
+                                                                                 "max_len"))
     if args.continue_from and not os.path.exists(os.path.join(args.continue_from, "nano_rlsr.json")):
         ap.error(f"--continue-from {args.continue_from}: no nano_rlsr.json there (not a build_tiny.py model)")
+    if args.continue_from and read_meta(args.continue_from).get("task", "countdown") != args.task:
+        ap.error(f"--continue-from {args.continue_from}: a model for another task than {args.task}")
     if args.quick:
         args.problems, args.round_problems, args.eval_n, args.d, args.layers, args.epochs = 300, 60, 30, 64, 2, 1
         args.round_proposals = 60
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    task = tasks.get("countdown")
+    task = tasks.get(args.task)
     work = args.work or args.out.rstrip("/") + ".work"
     os.makedirs(work, exist_ok=True)
     t0 = time.time()
 
     # a prefix-stable list: stage 1's problems, then round 2's (later rounds re-draw from all of them:
     # 3 numbers in 1..25 with targets <= 100 leave only ~20k distinct training problems)
-    problems = task.make_problems(args.problems + args.round_problems, args.seed, split="train", **DIFFICULTY)
+    problems = task.make_problems(args.problems + args.round_problems, args.seed, split="train", **args.difficulty)
     if args.continue_from:
         build_rounds(args, task, problems, rng, work, t0, args.continue_from,
                      Tokenizer.from_pretrained(args.continue_from), read_meta(args.continue_from))
@@ -155,7 +188,7 @@ def main():
 
     # 1. stage-1 data
     stage1 = problems[: args.problems]
-    rows = stage1_examples(task, stage1, rng)
+    rows = stage1_examples(task, stage1, rng, args.difficulty)
     write_jsonl(os.path.join(work, "sft1.jsonl"), rows)
     print(f"[{time.time() - t0:.0f}s] stage 1: {len(rows)} examples from {len(stage1)} problems")
 
@@ -171,7 +204,8 @@ def main():
     init = os.path.join(work, "init")
     model.save_pretrained(init)
     tok.save_pretrained(init)
-    meta = {"task": "countdown", "prompt_style": STYLE, "difficulty": DIFFICULTY, "train_defaults": TRAIN_DEFAULTS}
+    meta = {"task": args.task, "prompt_style": STYLE, "difficulty": args.difficulty,
+            "train_defaults": args.train_defaults}
     with open(os.path.join(init, "nano_rlsr.json"), "w") as f:
         json.dump(meta, f, indent=2)
     print(f"[{time.time() - t0:.0f}s] tokenizer {tok.vocab_size} tokens, model {model.num_params() / 1e6:.2f}M parameters")
@@ -180,7 +214,7 @@ def main():
     sft1 = os.path.join(work, "sft1")
     train_sft(make_config(SFTConfig, model=init, data=os.path.join(work, "sft1.jsonl"), out=sft1,
                           epochs=args.epochs, lr=args.lr, batch_size=64, warmup=50, seed=args.seed,
-                          device="cpu", max_len=256))
+                          device="cpu", max_len=args.max_len))
     print(f"[{time.time() - t0:.0f}s] stage-1 SFT done")
     meta["bootstrap"] = {"stage1_examples": len(rows)}
     build_rounds(args, task, problems, rng, work, t0, sft1, tok, meta)
@@ -200,9 +234,9 @@ def build_rounds(args, task, problems, rng, work, t0, prev, tok, meta):
         # solutions only in round 2: later rounds train the judge alone. With solutions there too the
         # solver reached 55% greedy and RL, even with the verifier's reward, had almost no room left
         rows2, own = own_sample_examples(task, model, tok, mine, round_rng, args.round_samples, args.seed + 1000 * r,
-                                         solutions=r == 0)
+                                         solutions=r == 0, max_new_tokens=args.answer_tokens)
         if rows2:
-            rows2 += proposal_examples(task, problems, round_rng, args.round_proposals)
+            rows2 += proposal_examples(task, problems, round_rng, args.round_proposals, args.difficulty)
             round_rng.shuffle(rows2)
         own_stats.append(own)
         if not rows2:  # a model that answers nothing (a --quick build) gives nothing to learn from
@@ -213,23 +247,28 @@ def build_rounds(args, task, problems, rng, work, t0, prev, tok, meta):
         print(f"[{time.time() - t0:.0f}s] round {r + 2}: {own}")
         dest = args.out if r == args.rounds - 1 else os.path.join(work, f"sft{r + 2}")
         train_sft(make_config(SFTConfig, model=prev, data=data, out=dest, epochs=1, lr=args.lr / 3,
-                              batch_size=64, warmup=20, seed=args.seed + 1 + r, device="cpu", max_len=256))
+                              batch_size=64, warmup=20, seed=args.seed + 1 + r, device="cpu", max_len=args.max_len))
         prev = dest
     if os.path.abspath(prev) != os.path.abspath(args.out):  # no round wrote the output folder
         shutil.copytree(prev, args.out, dirs_exist_ok=True)
 
     # 5. measure and record
     model = Qwen.from_pretrained(args.out)
-    test = task.make_problems(args.eval_n, 0, split="test", **DIFFICULTY)
-    judge = Judge(model, tok, task, samples=1, temperature=0.0, max_new_tokens=128, style=STYLE)  # as in RL
-    result = evaluate(model, tok, task, test, samples=1, temperature=1.0, max_new_tokens=96, style=STYLE,
-                      seed=0, judge=judge)
-    greedy = evaluate(model, tok, task, test, samples=1, temperature=0.0, max_new_tokens=96, style=STYLE, seed=0)
-    proposals = measure_proposals(task, model, tok, test, judge)
+    test = task.make_problems(args.eval_n, 0, split="test", **args.difficulty)
+    judge = Judge(model, tok, task, samples=1, temperature=0.0, max_new_tokens=args.judge_tokens,
+                  style=STYLE)  # as in RL
+    result = evaluate(model, tok, task, test, samples=1, temperature=1.0, max_new_tokens=args.answer_tokens,
+                      style=STYLE, seed=0, judge=judge)
+    greedy = evaluate(model, tok, task, test, samples=1, temperature=0.0, max_new_tokens=args.answer_tokens,
+                      style=STYLE, seed=0)
+    if hasattr(task, "parse_proposal"):
+        proposals = measure_proposals(task, model, tok, test, judge)
+    else:
+        proposals = measure_plain_proposals(task, model, tok, test)
     meta["built_by"] = "python experiments/build_tiny.py " + " ".join(sys.argv[1:])
     seconds = round(time.time() - t0) + (meta.get("bootstrap", {}).get("seconds", 0) if args.continue_from else 0)
     meta["bootstrap"] = {**meta.get("bootstrap", {}), "rounds": own_stats, "seconds": seconds}
-    meta["train_defaults"] = TRAIN_DEFAULTS
+    meta["train_defaults"] = args.train_defaults
     meta["heldout"] = {"n": args.eval_n, "accuracy_t1": result["mean@1"], "accuracy_greedy": greedy["mean@1"],
                        **{k: v for k, v in result.items() if k.startswith("judge_")}, "proposals": proposals}
     with open(os.path.join(args.out, "nano_rlsr.json"), "w") as f:
@@ -252,6 +291,19 @@ def measure_proposals(task, model, tok, examples, judge, n=200, seed=0):
     admitted = [p for (p, _), v in zip(parsed, verdicts) if v > 0.5]
     return {"n": n, "valid": len(parsed) / n, "witness_correct": sum(task.verify(p, w) for p, w in parsed) / max(1, len(parsed)),
             "admitted": len(admitted) / n, "admitted_solvable": sum(map(task.solvable, admitted)) / max(1, len(admitted))}
+
+
+def measure_plain_proposals(task, model, tok, examples, n=200, seed=0):
+    """n proposals at T=1 (3 examples shown each) for a task without witnesses: how many parse as a
+    well-formed problem (task.parse_problem), and how many of those are none of the examples shown."""
+    rng = random.Random(seed)
+    shown = [rng.sample(examples, 3) for _ in range(n)]
+    prompts = [tok.encode_chat(task.propose_prompt(s, style=STYLE)) for s in shown]
+    texts, _ = sample_texts(model, tok, prompts, max_new_tokens=96, temperature=1.0, seed=seed, batch_size=256)
+    parsed = [(task.parse_problem(t), s) for t, s in zip(texts, shown)]
+    valid = [(p, s) for p, s in parsed if p is not None]
+    new = [p for p, s in valid if all(p != {k: e.get(k) for k in p} for e in s)]
+    return {"n": n, "valid": len(valid) / n, "new": len(new) / max(1, len(valid))}
 
 
 def init_weights(model, std=0.02):

@@ -50,7 +50,9 @@ The helpers shared by every task live here: `extract_answer` (the last <answer> 
 `parse_verdict` (the judge's last <JUDGE_SCORE> tag), plus the self-correction trajectory format.
 They read untrusted model text, so they are written as plain string scans with no backtracking
 regexes over the whole completion. Helper modules that are not tasks: calculus.py (the integration
-answer language and its check) and pool.py (killable worker processes with a time limit per job).
+answer language: parser, cost limits, numeric evaluation), checks.py (is F an antiderivative of f),
+definite.py (the value of a definite integral) and pool.py (killable worker processes with a time
+limit per job).
 """
 
 import importlib

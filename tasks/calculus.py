@@ -1,5 +1,5 @@
-"""calculus — the answer language of the integration task, and the check that an answer is an
-antiderivative. Safe on hostile text: nothing here executes the text or hands it to sympy's parser.
+"""calculus — the answer language of the integration task: parse, limits, sympy, numeric evaluation.
+Safe on hostile text: nothing here executes the text or hands it to sympy's parser.
 
 The language: sympy-style expressions in x with + - * / ** (or ^), parentheses, integer and decimal
 numbers, pi, E, C (a constant of integration, read as 0) and a fixed list of functions (FUNCTIONS,
@@ -12,36 +12,34 @@ Integral, ...) is rejected before parsing.
   parse(text) -> tree | None                  our own recursive-descent parser, to a small tuple tree
                                               such as ("+", ("x",), ("num", Fraction(1))). Never
                                               raises; None also for x/0, 0**-n, nesting over
-                                              MAX_DEPTH and constants over MAX_EXPONENT / MAX_BITS.
-                                              The limits bound its work on any input.
+                                              MAX_DEPTH and anything over the cost limits (below).
   parse_integrand(text) -> tree | None        parse, remembered for the few integrands seen often
   to_sympy(tree, x) -> sympy expression       built node by node (the text never reaches sympy)
   compile_tree(tree, lib) -> f(z)             numeric evaluation: complex doubles (numpy, when it is
                                               installed) or mpmath at 40 digits
+  compile_derivative(tree, lib) -> f(z)       (value, derivative) at z, by the chain rule (dual numbers)
   values_at(tree, points) -> [value | None]   the tree at real points, with mpmath
-  check(integrand, answer, deadline) -> bool  True iff the answer F differs from an antiderivative of
-                                              the integrand f by a constant (below)
-  fast_check(integrand, antiderivative)       the numeric part of check alone, for generated problems
 
-How `check` decides: F(b) - F(a) must match the Gauss-Legendre quadrature of f on short random
-intervals (x > 0 first, then x < 0, then anywhere f is finite); a clear mismatch is confirmed by
-comparing F' with f at the interval's midpoint; undecided cases are redone at 40 digits, then go to
-sympy (simplify(F' - f) == 0). The random intervals are seeded by the (integrand, answer) pair, so
-the same call always gives the same verdict.
+The checks built on it: tasks/checks.py (is F an antiderivative of f) and tasks/definite.py (is V
+the value of a definite integral), run by the integration task in killable worker processes.
 
-Time: `check` stops drawing intervals at `deadline` and then returns False, but a single sympy call
-or evaluation cannot be interrupted from inside. The hard bound is the caller's: the integration task
-runs `check_job` in killable worker processes (tasks/pool.py) set up by `warm_up`.
+Limits by cost, not by value. The work an expression can cause is bounded, not the size of its
+exponents (a Bee answer may well be (1 - x**2025)**2026/(2025*2026)):
+  - size: MAX_CHARS, MAX_TOKENS, MAX_DIGITS per literal, MAX_DEPTH nesting (so at most a few hundred
+    nodes);
+  - numeric work: MAX_STEPS bounds one evaluation, one step per node plus, for an exact power, the
+    bit length of its exponent (square-and-multiply), so x**2024 costs 12 steps and x**(10**400)
+    is refused;
+  - exact numbers: no exact number the text spells out or sympy would compute from it may exceed
+    MAX_BITS bits, estimated before anything is computed, so 10**10**10 is refused in microseconds;
+    to_sympy refuses a power that sympy would expand into a huge number ((2*x)**(10**9) is
+    2**(10**9)*x**(10**9) to sympy), while (1 - x**2025)**2026 stays a cheap unexpanded power;
+  - numbers too large for floats are evaluated in mpmath at bounded precision, never expanded.
 """
 
-import cmath
 import contextlib
-import hashlib
 import math
-import random
 import re
-import sys
-import time
 from fractions import Fraction
 
 # -----------------------------------------------------------------------------
@@ -55,8 +53,8 @@ MAX_CHARS = 1000     # longer answers are rejected outright
 MAX_TOKENS = 400     # ... as are answers with more tokens
 MAX_DEPTH = 40       # nesting of parentheses, calls, signs and powers
 MAX_DIGITS = 20      # digits in one number literal
-MAX_EXPONENT = 1000  # a constant exponent p/q needs |p/q| <= 1000 and q <= 1000 (no 9**9**9)
-MAX_BITS = 20_000    # bits in any exact constant the text spells out
+MAX_STEPS = 1000     # arithmetic steps of one numeric evaluation (nodes + exponent bit lengths)
+MAX_BITS = 20_000    # bits of any exact number the text spells out or sympy would compute from it
 
 _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)|([A-Za-z_]\w*)|(\*\*|[-+*/^(),]))")
 
@@ -175,9 +173,14 @@ class _Parser:
         raise Reject(f"unexpected {value!r}")
 
 
+def _bits(v):
+    """Bit size of a Fraction: the larger of its numerator's and denominator's."""
+    return max(abs(v.numerator).bit_length(), v.denominator.bit_length())
+
+
 def _constant(node):
     """Exact value of a rational constant subtree (None if it has x, pi, E or a function);
-    raises Reject on x/0, 0**-n and constants or exponents too big to be an honest answer."""
+    raises Reject on x/0, 0**-n and exact numbers over MAX_BITS (estimated before computing)."""
     kind = node[0]
     if kind == "num":
         return node[1]
@@ -193,24 +196,35 @@ def _constant(node):
     a, b = _constant(node[1]), _constant(node[2])
     if kind == "/" and b == 0:
         raise Reject("division by zero")
-    if kind == "**" and b is not None:
-        if abs(b) > MAX_EXPONENT or b.denominator > MAX_EXPONENT:
-            raise Reject("exponent too large")
-        if a == 0 and b <= 0:
-            raise Reject("zero to a non-positive power")
+    if kind == "**" and a == 0 and b is not None and b <= 0:
+        raise Reject("zero to a non-positive power")
     if a is None or b is None:
         return None
     if kind == "**":
         if b.denominator != 1:
             return None  # an irrational constant such as 2**(1/2)
-        if max(a.numerator.bit_length(), a.denominator.bit_length()) * abs(b) > MAX_BITS:
+        if abs(a) != 1 and _bits(a) * abs(b) > MAX_BITS:  # estimated first: 10**10**10 stops here
             raise Reject("constant too large")
-        v = a ** int(b)
+        v = a ** int(b) if abs(a) != 1 else a ** (int(b) % 2)
     else:
         v = a + b if kind == "+" else a - b if kind == "-" else a * b if kind == "*" else a / b
-    if max(v.numerator.bit_length(), v.denominator.bit_length()) > MAX_BITS:
+    if _bits(v) > MAX_BITS:
         raise Reject("constant too large")
     return v
+
+
+def evaluation_steps(node):
+    """Arithmetic steps of one numeric evaluation of the tree: one per node, plus the bit lengths
+    of each exact exponent's numerator and denominator (square-and-multiply)."""
+    kind = node[0]
+    if kind == "call":
+        return 1 + sum(evaluation_steps(a) for a in node[2])
+    steps = 1 + sum(evaluation_steps(c) for c in node[1:] if isinstance(c, tuple))
+    if kind == "**":
+        exponent = _constant(node[2])
+        if exponent is not None:
+            steps += abs(exponent.numerator).bit_length() + exponent.denominator.bit_length()
+    return steps
 
 
 def parse(text):
@@ -224,6 +238,8 @@ def parse(text):
         if parser.i != len(tokens):
             return None
         _constant(node)
+        if evaluation_steps(node) > MAX_STEPS:
+            return None
         return node
     except (Reject, RecursionError):
         return None
@@ -248,6 +264,19 @@ def _sympy():
 def symbol_x(positive=False):
     sp = _sympy()
     return sp.Symbol("x", positive=True) if positive else sp.Symbol("x")
+
+
+def _sympy_bits(expr):
+    """Bits of the exact numbers sympy multiplies out when `expr` is raised to a number: a number's
+    own, a product's factors', a power's base's times its exponent (sympy writes (2*x)**n as
+    2**n*x**n and (2**(1/2))**n as 2**(n/2)); 0 for sums and functions, which it leaves alone."""
+    if expr.is_Rational:
+        return 0 if expr in (0, 1, -1) else max(abs(expr.p).bit_length(), abs(expr.q).bit_length())
+    if expr.is_Mul:
+        return sum(_sympy_bits(a) for a in expr.args)
+    if expr.is_Pow and expr.exp.is_Number:
+        return _sympy_bits(expr.base) * max(1, abs(expr.exp))
+    return 0
 
 
 def to_sympy(node, x=None):
@@ -280,8 +309,8 @@ def to_sympy(node, x=None):
             return a * b
         if kind == "/":
             return a / b
-        if b.is_Number and (abs(b) > MAX_EXPONENT):
-            raise Reject("exponent too large")
+        if b.is_Number and _sympy_bits(a) * max(1, abs(b)) > MAX_BITS:
+            raise Reject("sympy would expand this power into a huge number")
         return a ** b
 
     expr = build(node)
@@ -293,7 +322,7 @@ def to_sympy(node, x=None):
 # -----------------------------------------------------------------------------
 # numeric evaluation of a tree: vectorised complex floats (numpy) or high precision (mpmath)
 
-class _Bad(Exception):
+class BadPoint(Exception):
     """A point where an expression is undefined or too large to compare."""
 
 
@@ -314,7 +343,7 @@ def _float(v):
         return complex(math.inf)
 
 
-def _numpy_lib():
+def numpy_lib():
     try:
         import numpy as np
     except ImportError:  # the exact (mpmath) tier still works, just slower
@@ -338,22 +367,22 @@ def _numpy_lib():
         point=complex, eps=1e-15, dps=None, context=contextlib.nullcontext)
 
 
-def _mp_lib(dps=40):
+def mp_lib(dps=40):
     import mpmath
     big = mpmath.mpf(2) ** 400
 
     def guard(v):
         if not abs(v) < big:  # also catches nan
-            raise _Bad
+            raise BadPoint
         return v
 
     def growth(fn):
         # exp and friends of a huge argument would build numbers with astronomically many digits
-        return lambda z: fn(z) if abs(mpmath.re(z)) < 300 else (_ for _ in ()).throw(_Bad())
+        return lambda z: fn(z) if abs(mpmath.re(z)) < 300 else (_ for _ in ()).throw(BadPoint())
 
     def bounded(fn):
         # trig functions of a huge argument need as many digits as the argument has bits
-        return lambda z: fn(z) if abs(z) < big else (_ for _ in ()).throw(_Bad())
+        return lambda z: fn(z) if abs(z) < big else (_ for _ in ()).throw(BadPoint())
 
     def nearly_real_abs(z):
         z = mpmath.mpc(z)
@@ -365,9 +394,9 @@ def _mp_lib(dps=40):
         if a == 0:
             if mpmath.re(b) > 0:
                 return mpmath.mpc(0)
-            raise _Bad
+            raise BadPoint
         if abs(mpmath.re(b * mpmath.log(a))) > 300:
-            raise _Bad
+            raise BadPoint
         return mpmath.power(a, b)
 
     def evaluate(fn, pts):
@@ -375,7 +404,7 @@ def _mp_lib(dps=40):
         for p in pts:
             try:
                 out.append(guard(mpmath.mpc(fn(p))))
-            except (_Bad, ZeroDivisionError, ValueError, OverflowError, ArithmeticError):
+            except (BadPoint, ZeroDivisionError, ValueError, OverflowError, ArithmeticError):
                 out.append(None)
         return out
 
@@ -431,148 +460,99 @@ def compile_tree(node, lib):
     if not has_x(node):
         try:
             c = fn(None)
-        except (ZeroDivisionError, ValueError, OverflowError, ArithmeticError, _Bad):
+        except (ZeroDivisionError, ValueError, OverflowError, ArithmeticError, BadPoint):
             c = float("nan")
         return lambda z: c
     return fn
 
 
-# -----------------------------------------------------------------------------
-# the check: F(b) - F(a) against the quadrature of f on short random intervals
+def _derivative_rules(lib):
+    """{function: (u, v) -> d/du f(u)} where v = f(u), for the functions of the language."""
+    sqrt, sin, cos, tan, cot, tanh, coth = (lib[k] for k in ("sqrt", "sin", "cos", "tan", "cot", "tanh", "coth"))
 
-def _gauss_legendre(n):
-    """Nodes and weights of n-point Gauss-Legendre on [-1, 1] (Newton on the Legendre polynomial)."""
-    import mpmath
-    nodes, weights = [], []
-    with mpmath.workdps(60):
-        for i in range(n):
-            t = mpmath.cos(mpmath.pi * (i + mpmath.mpf(3) / 4) / (n + mpmath.mpf(1) / 2))
-            for _ in range(100):
-                p0, p1 = mpmath.mpf(1), t
-                for k in range(2, n + 1):
-                    p0, p1 = p1, ((2 * k - 1) * t * p1 - (k - 1) * p0) / k
-                dp = n * (t * p1 - p0) / (t * t - 1)
-                step = p1 / dp
-                t -= step
-                if abs(step) < mpmath.mpf(10) ** -55:
-                    break
-            nodes.append(t)
-            weights.append(2 / ((1 - t * t) * dp * dp))
-    return nodes, weights
+    def abs_slope(u, v):
+        if v != u and v != -u:
+            raise BadPoint  # |u| off the real axis is not analytic: no derivative to compare
+        return v / u
 
-
-_RULES = {}
+    return dict(
+        sin=lambda u, v: cos(u), cos=lambda u, v: -sin(u), tan=lambda u, v: 1 + v * v,
+        sec=lambda u, v: v * tan(u), csc=lambda u, v: -v * cot(u), cot=lambda u, v: -(1 + v * v),
+        asin=lambda u, v: 1 / sqrt(1 - u * u), acos=lambda u, v: -1 / sqrt(1 - u * u),
+        atan=lambda u, v: 1 / (1 + u * u), acot=lambda u, v: -1 / (1 + u * u),
+        asec=lambda u, v: 1 / (u * u * sqrt(1 - 1 / (u * u))), acsc=lambda u, v: -1 / (u * u * sqrt(1 - 1 / (u * u))),
+        sinh=lambda u, v: lib["cosh"](u), cosh=lambda u, v: lib["sinh"](u), tanh=lambda u, v: 1 - v * v,
+        sech=lambda u, v: -v * tanh(u), csch=lambda u, v: -v * coth(u), coth=lambda u, v: 1 - v * v,
+        asinh=lambda u, v: 1 / sqrt(u * u + 1), acosh=lambda u, v: 1 / (sqrt(u - 1) * sqrt(u + 1)),
+        atanh=lambda u, v: 1 / (1 - u * u), acoth=lambda u, v: 1 / (1 - u * u),
+        asech=lambda u, v: -1 / (u * u * sqrt(1 / u - 1) * sqrt(1 / u + 1)),
+        acsch=lambda u, v: -1 / (u * u * sqrt(1 + 1 / (u * u))),
+        exp=lambda u, v: v, log=lambda u, v: 1 / u, sqrt=lambda u, v: 1 / (2 * v), cbrt=lambda u, v: v / (3 * u),
+        abs=abs_slope)
 
 
-def _rules(lib):
-    """(nodes, weights) of the 8- and 16-point rules in the precision of `lib`."""
-    key = lib["dps"]
-    if key not in _RULES:
-        conv = (lambda v: float(v)) if key is None else (lambda v: v)
-        _RULES[key] = [tuple([conv(v) for v in part] for part in _gauss_legendre(n)) for n in (8, 16)]
-    return _RULES[key]
+def compile_derivative(node, lib):
+    """A function z -> (value, derivative) of the tree under `lib`, by forward-mode automatic
+    differentiation: exact up to rounding at any scale, unlike a finite difference."""
+    kind = node[0]
+    if not has_x(node):
+        fc = compile_tree(node, lib)
+        return lambda z: (fc(z), 0)
+    if kind == "x":
+        return lambda z: (z, 1)
+    if kind == "neg":
+        fa = compile_derivative(node[1], lib)
+        return lambda z: tuple(-w for w in fa(z))
+    if kind == "call":
+        args = [compile_derivative(a, lib) for a in node[2]]
+        if len(args) == 2:  # log(a, b) = log(a) / log(b)
+            log = lib["log"]
 
+            def log2(z):
+                (a, da), (b, db) = args[0](z), args[1](z)
+                la, lb = log(a), log(b)
+                return la / lb, (da / a * lb - la * db / b) / (lb * lb)
+            return log2
+        f, slope, fa = lib[node[1]], _derivative_rules(lib)[node[1]], args[0]
 
-NEEDED = 5        # agreeing intervals needed to accept
-ROUNDS = 3        # rounds of candidate intervals per region
-PER_ROUND = 12    # candidate intervals per round
-# per precision (None: complex doubles, 40: mpmath digits), as fractions of h*max|f| on [a, b]:
-# |F(b) - F(a) - quadrature| below `agree` agrees; above `mismatch`, with |F'(mid) - f(mid)| above
-# `slope` * max|f|, is a clear mismatch; anything between is undecided and resampled
-TOLERANCES = {None: dict(agree=1e-8, mismatch=1e-4, slope=1e-3),
-              40: dict(agree=1e-15, mismatch=1e-10, slope=1e-9)}
+        def call(z):
+            u, du = fa(z)
+            v = f(u)
+            return v, slope(u, v) * du
+        return call
+    fa, fb = compile_derivative(node[1], lib), compile_derivative(node[2], lib)
+    if kind == "**":
+        exponent = _constant(node[2])
+        if exponent is not None:
+            ipow, power = lib["ipow"], lib["pow"]
+            n = int(exponent) if exponent.denominator == 1 else lib["num"](exponent)
+            raise_to = (lambda a, k: ipow(a, k)) if exponent.denominator == 1 else power
 
+            def const_power(z):
+                a, da = fa(z)
+                return raise_to(a, n), (n * raise_to(a, n - 1) * da if n != 0 else 0)
+            return const_power
+        power, log = lib["pow"], lib["log"]
 
-def _draw(rng, region):
-    """A short interval [a, b]: on the positive axis, the negative axis, or anywhere."""
-    h = rng.uniform(0.05, 0.25)
-    span = rng.choice((1.0, 4.0, 4.0, 12.0))
-    if region == "pos":
-        a = rng.uniform(0.0, span)
-    elif region == "neg":
-        a = -rng.uniform(0.0, span) - h
-    else:
-        a = rng.uniform(-span, span)
-    return a, a + h
+        def general_power(z):  # a**b = exp(b log a)
+            (a, da), (b, db) = fa(z), fb(z)
+            v = power(a, b)
+            return v, v * (db * log(a) + b * da / a)
+        return general_power
 
-
-def _numeric(f, F, lib, rng, deadline):
-    """True (agrees on NEEDED intervals), False (a clear mismatch where f is real) or None.
-
-    Points are x + i*eps: on the real axis an inner function can sit exactly on a branch cut
-    (sqrt of a negative number, asin(2)), and the tiny imaginary part picks the same side for F
-    and f, so F' = f holds there exactly as it does for the analytic functions. Regions are tried in
-    order: x > 0 (where integral tables and Bee answer keys mean their answers to hold), then x < 0,
-    then anywhere f is finite; mismatches only count where f is real.
-    """
-    fz, Fz = compile_tree(f, lib), compile_tree(F, lib)
-    evaluate, eps, point = lib["eval"], lib["eps"], lib["point"]
-    (n8, w8), (n16, w16) = _rules(lib)
-    im = 1e-10 if lib["dps"] is None else 1e-30
-    step = 1e-2 if lib["dps"] is None else 1e-8  # derivative stencil step, as a fraction of h/2
-    tol, mismatch, slope_tol = TOLERANCES[lib["dps"]].values()
-    agree = 0
-    for region in ("pos", "neg", "any"):
-        for _ in range(ROUNDS):
-            if time.monotonic() > deadline:
-                return None
-            intervals = [_draw(rng, region) for _ in range(PER_ROUND)]
-            fpts, Fpts = [], []
-            for a, b in intervals:
-                mid, half = (a + b) / 2, (b - a) / 2
-                d = half * step
-                fpts += [point(mid + half * t, im) for t in n8 + n16] + [point(mid, im)]
-                Fpts += [point(p, im) for p in (a, b, mid - 2 * d, mid - d, mid + d, mid + 2 * d)]
-            fv, Fv = evaluate(fz, fpts), evaluate(Fz, Fpts)
-            for r, (a, b) in enumerate(intervals):
-                ys = fv[r * 25:(r + 1) * 25]
-                Fs = Fv[r * 6:(r + 1) * 6]
-                if any(v is None or not cmath.isfinite(complex(v)) for v in ys + Fs):
-                    continue  # undefined somewhere: a singularity or overflow; resample
-                half = (b - a) / 2
-                fmax = max(abs(v) for v in ys)
-                if not 0 < fmax < 1e30:
-                    continue
-                real = all(abs(v.imag) <= 1e-7 * fmax for v in ys)
-                if region != "any" and not real:
-                    continue  # stay where f is real; complex values come last
-                scale = 2 * half * fmax  # the size of the integral, up to sign changes
-                i8 = half * sum(w * y for w, y in zip(w8, ys[:8]))
-                i16 = half * sum(w * y for w, y in zip(w16, ys[8:24]))
-                if abs(i16 - i8) > tol / 100 * scale:
-                    continue  # quadrature not converged: f varies too fast here
-                Fmax = max(abs(v) for v in Fs)
-                if Fmax * eps > tol / 100 * scale:
-                    continue  # F(b) - F(a) would cancel away the digits we need
-                err = abs((Fs[1] - Fs[0]) - i16)
-                if err <= tol * scale:
-                    agree += 1
-                    if agree >= NEEDED:
-                        return True
-                    continue
-                d = half * step
-                slope = (Fs[2] - 8 * Fs[3] + 8 * Fs[4] - Fs[5]) / (12 * d)
-                if Fmax * eps / d > slope_tol / 100 * fmax:
-                    continue  # the finite difference is not accurate enough to decide
-                if err > mismatch * scale and abs(slope - ys[24]) > slope_tol * fmax and region != "any":
-                    return False  # F' differs from f where f is real and smooth: wrong answer
-                # otherwise F jumps inside [a, b] (a branch cut or a pole of F): resample
-    return None
-
-
-def _symbolic(f, F):
-    """sympy's verdict: simplify(F' - f) == 0 (x > 0, like the numeric check's first region)."""
-    sp = _sympy()
-    x = symbol_x(positive=True)
-    try:
-        d = sp.diff(to_sympy(F, x), x) - to_sympy(f, x)
-        return d == 0 or sp.simplify(d) == 0
-    except Exception:  # noqa: BLE001  (anything sympy raises means "not shown equal")
-        return False
+    def arithmetic(z):
+        (a, da), (b, db) = fa(z), fb(z)
+        if kind == "+":
+            return a + b, da + db
+        if kind == "-":
+            return a - b, da - db
+        if kind == "*":
+            return a * b, da * b + a * db
+        return a / b, (da * b - a * db) / (b * b)
+    return arithmetic
 
 
 _PARSED = {}  # integrand text -> tree, for parse_integrand
-_LIBS = {}    # "float" (numpy, None without it) and "mp" evaluation libraries, made on first use
 
 
 def parse_integrand(integrand):
@@ -584,64 +564,11 @@ def parse_integrand(integrand):
     return _PARSED[integrand]
 
 
-def _load_libs():
-    if not _LIBS:
-        _LIBS["float"] = _numpy_lib()
-        _LIBS["mp"] = _mp_lib()
-
-
-def check(integrand, answer, deadline=None):
-    """True iff `answer` is an antiderivative of `integrand` up to a constant (both are text), in
-    this process. Past `deadline` (time.monotonic(); default: an hour) it gives up with False."""
-    deadline = time.monotonic() + 3600 if deadline is None else deadline
-    f, F = parse_integrand(integrand), parse(answer)
-    if f is None or F is None:
-        return False
-    seed = hashlib.sha256(f"{integrand}\0{answer}".encode()).digest()  # same call, same verdict
-    rng = random.Random(seed)
-    _load_libs()
-    for lib in (_LIBS["float"], _LIBS["mp"]):
-        if lib is None:
-            continue
-        try:
-            with lib["context"]():
-                verdict = _numeric(f, F, lib, rng, deadline)
-        except (RecursionError, OverflowError, ValueError, ZeroDivisionError, ArithmeticError, _Bad):
-            verdict = None
-        if verdict is not None:
-            return verdict
-    return time.monotonic() < deadline and _symbolic(f, F)
-
-
-def check_job(job):
-    """`check` as a worker-pool job: [integrand, answer, seconds] -> bool. It stops itself after 90%
-    of `seconds`, so the worker usually answers before the pool's hard limit has to kill it."""
-    integrand, answer, seconds = job
-    return bool(check(integrand, answer, time.monotonic() + 0.9 * float(seconds)))
-
-
-def warm_up():
-    """Prepare a worker process: deep recursion for sympy, and the slow imports paid before any job."""
-    sys.setrecursionlimit(5000)
-    _load_libs()
-    _sympy()
-
-
-def fast_check(integrand, antiderivative, seconds=10):
-    """Whether the numeric check alone (doubles, or 40 digits without numpy) confirms the pair, in
-    this process. Used to keep only generated problems the checker can decide quickly."""
-    _load_libs()
-    lib = _LIBS["float"] or _LIBS["mp"]
-    rng = random.Random(integrand)
-    with lib["context"]():
-        return _numeric(parse(integrand), parse(antiderivative), lib, rng, time.monotonic() + seconds) is True
-
-
 def values_at(node, points, dps=20):
     """The tree's values at the real `points`, computed with mpmath at `dps` digits; None where it is
     undefined or astronomically large."""
     import mpmath
-    lib = _mp_lib(dps)
+    lib = mp_lib(dps)
     fz = compile_tree(node, lib)
     with lib["context"]():
         return lib["eval"](fz, [mpmath.mpc(t, 0) for t in points])

@@ -1,0 +1,249 @@
+"""definite — the value of a definite integral, and the check of a closed-form answer against it.
+
+A definite problem carries "lower" and "upper" next to its integrand: constants in the answer
+language (no x), parsed by the same whitelisting parser and under the same cost limits ("0", "pi/2",
+"-1", "log(2)", "E"). Its answer is a constant too ("4/15", "-pi*log(2)/2"), never executed.
+
+  bounds(lower, upper) -> (a, b) | None       the bounds' trees, or None unless both are constants
+  integral(integrand, lower, upper, deadline) -> Integral | None
+                                              the integral at DPS digits (remembered per problem)
+  check(integrand, lower, upper, answer, deadline) -> bool
+                                              True iff the answer's value is the integral's
+
+Method: tanh-sinh quadrature (mpmath.quad) at DPS digits on [a, m, b], m the midpoint, plus every
+point in between where the argument of an abs() changes sign (a kink there would slow the quadrature
+from 30 digits to 6). Tanh-sinh never evaluates an endpoint and crowds its nodes towards them doubly
+exponentially, so integrable endpoint singularities (1/sqrt(x), log(x) on [0, 1]) still converge to
+17-30 digits; where the error estimate is not far below the tolerance (x**(-2/3) on [0, 8], whose
+nodes would need to come closer to 0 than 30 digits allow) it is redone at twice the digits.
+Splitting at m makes a symmetric interval's centre, where sin(x)/x is 0/0, an endpoint too. A node
+where the integrand is undefined (a removable singularity elsewhere) is evaluated a hair beside it;
+a node where it overflows 2**400 (next to an endpoint singularity, where the weights are far smaller
+still) counts as 0. A singularity that is not integrable at the end of a piece (1/x on [0, 1]) is
+caught by probing the integrand 1e-10 and 1e-20 of b - a away from it: d*|f| must shrink (a probe
+that overflows says nothing: 1/(1 + tan(x)**2024) overflows inside but tends to 0 at pi/2).
+Interior poles leave the quadrature unconverged, which its error estimate shows.
+
+The answer is accepted iff |answer - I| + the quadrature's error estimate <= TOL * the integral of
+|f| (computed at low precision): the integral of |f| is the scale the digits of I are measured
+against, so 0, the value of an odd integrand over symmetric bounds, is checkable too. Anything
+undecided (complex values on the interval, no convergence, time out) is False. Each check is bounded
+by its `deadline` from inside and by the worker pool's hard limit from outside (tasks/pool.py); the
+integral is computed once per problem and worker, so the G answers of a group cost one quadrature.
+"""
+
+import time
+from dataclasses import dataclass
+
+from tasks.calculus import BadPoint, compile_tree, has_x, mp_lib, parse
+
+DPS = 30               # digits of the integral and of the answer's value
+SCALE_DPS = 15         # digits of the integral of |f| (a scale, not a value)
+MAX_DEGREE = 8         # tanh-sinh levels per piece (mpmath doubles the nodes at each)
+TOL = 1e-12            # accepted: |answer - I| + error <= TOL * integral of |f|
+KINK_SAMPLES = 64      # points where each abs() argument is sampled for sign changes
+PROBES = (1e-10, 1e-20)  # distances from an endpoint (times b - a) where t*f(t) must shrink
+
+
+class _OutOfTime(Exception):
+    """The deadline passed in the middle of a quadrature."""
+
+
+@dataclass
+class Integral:
+    """The integral of f over [a, b]: value (mpmath complex), its error estimate, and the scale
+    (integral of |f|) that tolerances are relative to."""
+
+    value: object
+    error: object
+    scale: object
+
+
+def bounds(lower, upper):
+    """(a, b) trees of the bounds, or None unless both parse, are constants and differ as text."""
+    if not isinstance(lower, str) or not isinstance(upper, str) or lower.strip() == upper.strip():
+        return None
+    a, b = parse(lower), parse(upper)
+    if a is None or b is None or has_x(a) or has_x(b):
+        return None
+    return a, b
+
+
+def constant_value(node, lib):
+    """The value of a constant tree under `lib` (an mpmath complex), or None if undefined or huge."""
+    import mpmath
+    try:
+        v = mpmath.mpc(compile_tree(node, lib)(None))
+    except (BadPoint, ZeroDivisionError, ValueError, OverflowError, ArithmeticError, TypeError):
+        return None
+    return v if mpmath.isfinite(v) and abs(v) < mpmath.mpf(2) ** 400 else None
+
+
+def _abs_arguments(node):
+    """The argument subtrees of every abs() call that depends on x."""
+    if node[0] == "call":
+        found = [a for a in node[2] if node[1] == "abs" and has_x(a)]
+        return found + [s for a in node[2] for s in _abs_arguments(a)]
+    return [s for c in node[1:] if isinstance(c, tuple) for s in _abs_arguments(c)]
+
+
+def _kinks(node, a, b, lib):
+    """Points strictly between a and b (real) where an abs() argument changes sign, by bisection."""
+    import mpmath
+    found = []
+    for arg in _abs_arguments(node):
+        g = compile_tree(arg, lib)
+
+        def sign(t):
+            try:
+                return mpmath.sign(mpmath.re(g(mpmath.mpc(t))))
+            except (BadPoint, ZeroDivisionError, ValueError, OverflowError, ArithmeticError):
+                return 0
+        grid = [a + (b - a) * k / KINK_SAMPLES for k in range(1, KINK_SAMPLES)]
+        for lo, hi in zip(grid, grid[1:]):
+            s_lo, s_hi = sign(lo), sign(hi)
+            if s_lo * s_hi >= 0:
+                continue
+            for _ in range(lib["dps"] * 4):  # ~ one bit per step, to the working precision
+                mid = (lo + hi) / 2
+                s_mid = sign(mid)
+                if s_mid == 0:
+                    break
+                lo, hi, s_lo = (mid, hi, s_mid) if s_mid == s_lo else (lo, mid, s_lo)
+            found.append((lo + hi) / 2)
+    return found
+
+
+def _integrand(fz, middle, deadline, magnitude=False):
+    """f at a real node for mpmath.quad: a hair towards `middle` where f is undefined at the node,
+    0 where f overflows (see the module docstring); |f| with `magnitude`."""
+    import mpmath
+
+    def value(t):
+        if time.monotonic() > deadline:
+            raise _OutOfTime
+        hair = (abs(t) + 1) * mpmath.mpf(2) ** (-mpmath.mp.prec // 2)
+        for z in (t, t + hair if middle > t else t - hair):
+            try:
+                v = mpmath.mpc(fz(mpmath.mpc(z)))
+            except (BadPoint, ZeroDivisionError, ValueError, OverflowError, ArithmeticError):
+                continue
+            if mpmath.isfinite(v):
+                return abs(v) if magnitude else v
+        return mpmath.mpf(0)
+    return value
+
+
+def _integrable_at(fz, end, inward):
+    """Whether f looks integrable at the endpoint `end` (`inward`: b - a, signed, or a - b): d*|f|
+    at distance d shrinks as d does, as it does for x**-0.9 and log(x) but not for 1/x."""
+    import mpmath
+    sizes = []
+    for d in PROBES:
+        try:
+            v = mpmath.mpc(fz(mpmath.mpc(end + inward * d)))
+        except (BadPoint, ZeroDivisionError, ValueError, OverflowError, ArithmeticError):
+            return True  # an intermediate overflows (tan(x)**2024 at pi/2): leave it to the quadrature
+        sizes.append(d * abs(v))
+    return not sizes[1] > sizes[0] / 2
+
+
+_CACHE = {}  # (integrand, lower, upper) -> Integral | None, per process
+_LIBS = {}   # digits -> mpmath evaluation library
+
+
+def _lib(dps):
+    if dps not in _LIBS:
+        _LIBS[dps] = mp_lib(dps)
+    return _LIBS[dps]
+
+
+def integral(integrand, lower, upper, deadline=None):
+    """The integral of `integrand` (text) from `lower` to `upper` (text), or None when the problem
+    is malformed, the integrand is not integrable there, or the quadrature does not finish by
+    `deadline` (time.monotonic(); default: a minute). Remembered per (integrand, lower, upper)."""
+    key = (integrand, lower, upper)
+    if key in _CACHE:
+        return _CACHE[key]
+    deadline = time.monotonic() + 60 if deadline is None else deadline
+    try:
+        result = _integrate(integrand, lower, upper, deadline)
+    except _OutOfTime:
+        return None  # not remembered: with more time it may well succeed
+    if len(_CACHE) > 4096:
+        _CACHE.clear()
+    _CACHE[key] = result
+    return result
+
+
+def _pieces(f, ends, lib):
+    """[a, inner points..., b] at the precision of `lib`, or None when a bound is not a distinct real
+    number or the integrand is not integrable at the end of a piece (1/x**2 on [-1, 1] is not, at 0)."""
+    a, b = (constant_value(e, lib) for e in ends)
+    if a is None or b is None or a.imag != 0 or b.imag != 0 or a == b:
+        return None
+    a, b = a.real, b.real
+    fz = compile_tree(f, lib)
+    inner = sorted({(a + b) / 2, *_kinks(f, a, b, lib)}, reverse=b < a)
+    sides = [(a, b - a), (b, a - b)] + [(p, side) for p in inner for side in (b - a, a - b)]
+    if not all(_integrable_at(fz, end, inward) for end, inward in sides):
+        return None
+    return [a, *inner, b]
+
+
+def _quad(f, points, dps, deadline, magnitude=False, maxdegree=MAX_DEGREE):
+    """mpmath.quad of f (or |f|) over the pieces at `dps` digits -> (value, error estimate)."""
+    import mpmath
+    lib = _lib(dps)
+    with lib["context"]():
+        points = [mpmath.mpf(p) for p in points]
+        middle = (points[0] + points[-1]) / 2
+        integrand = _integrand(compile_tree(f, lib), middle, deadline, magnitude)
+        value, error = mpmath.quad(integrand, points, error=True, maxdegree=maxdegree)
+        return mpmath.mpc(value), abs(error)
+
+
+def _integrate(integrand, lower, upper, deadline):
+    f, ends = parse(integrand), bounds(lower, upper)
+    if f is None or ends is None:
+        return None
+    with _lib(DPS)["context"]():
+        points = _pieces(f, ends, _lib(DPS))
+    if points is None:
+        return None
+    scale = abs(_quad(f, points, SCALE_DPS, deadline, magnitude=True, maxdegree=MAX_DEGREE // 2)[0])
+    value, error = _quad(f, points, DPS, deadline)
+    if error > TOL * scale / 1000:
+        # nodes come no closer to an end than the working precision: x**(-2/3) on [0, 8] misses
+        # (1e-30)**(1/3) of its mass at 30 digits; at twice the digits, and exact bounds, it does not
+        with _lib(2 * DPS)["context"]():
+            points = _pieces(f, ends, _lib(2 * DPS)) or points
+        value, error = _quad(f, points, 2 * DPS, deadline)
+    return Integral(value, error, scale)
+
+
+def check(integrand, lower, upper, answer, deadline=None):
+    """True iff `answer` (text: a constant) equals the integral of `integrand` from `lower` to
+    `upper` to TOL of the integral of |integrand|. False for anything malformed, undecided or late."""
+    import mpmath
+    node = parse(answer)
+    if node is None or has_x(node):
+        return False
+    found = integral(integrand, lower, upper, deadline)
+    if found is None:
+        return False
+    lib = _lib(DPS)
+    with lib["context"]():
+        value = constant_value(node, lib)
+        if value is None:
+            return False
+        tolerance = TOL * found.scale
+        if abs(found.value.imag) > tolerance:
+            return False  # the integrand is complex on the interval: not a real integral
+        return bool(abs(value - found.value) + found.error <= tolerance)
+
+
+def warm_up():
+    """Compute the tanh-sinh nodes once, at every precision and degree a check may use (x**(-2/3)
+    needs the retry at 60 digits), so a worker's first definite check is not charged for them."""
+    integral("x**(-2/3)", "0", "1")
