@@ -309,6 +309,10 @@ def self_proposed_groups(cfg, m, task, step, quota, buffer, difficulty, timer):
     if len(groups) < quota:  # nothing of its own yet: the task's problems
         groups += task_groups(cfg, m, task, step, quota, difficulty, timer, k=quota - len(groups))
     source = {**propose.measure(task, proposals, candidates), "examples_from_task": from_task}
+    kept = all_ranks([task.solvable(g[0]["problem"]) for g in groups[:n_self]] if hasattr(task, "solvable") else [])
+    if any(kept):  # the verifier's view of what the band let through (logged, never used)
+        flat = [x for part in kept for x in part]
+        source["trained_solvable"] = sum(flat) / len(flat)
     counts = all_ranks((n_self, n_reused, len(groups)))
     source.update(problems_self=sum(c[0] for c in counts), problems_reused=sum(c[1] for c in counts))
     source["self_share"] = (source["problems_self"] + source["problems_reused"]) / sum(c[2] for c in counts)

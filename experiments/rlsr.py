@@ -48,7 +48,8 @@ CONDITIONS = {  # name -> train.py flags (on top of the shared ones)
 LABELS = {"none": "(a) no RL", "verifier": "(b) verifier reward", "frozen": "(c) self reward, frozen judge",
           "live": "(d) self reward, live judge (RLSR)", "self-mixed": "(e) self-proposed, earlier filter",
           "self": "(f) complete loop: self-proposed + witness + band", "self-proposer": "(g) (f) + proposer training"}
-SELF_KEYS = ("self_share", "admitted_solvable", "witness_correct", "admitted_judge_precision")  # per-step logs
+SELF_KEYS = ("self_share", "admitted_solvable", "trained_solvable", "witness_correct",
+             "admitted_judge_precision")  # per-step logs of --problems self runs
 
 
 def parse_args(argv=None):
@@ -168,7 +169,7 @@ def pct(ms):
 def table(summary, args) -> str:
     lines = ["| condition | seeds | held-out start | held-out final | peak | gain (points) | "
              "judge precision / recall on own samples (whole run; first -> last window) | self-proposed share | "
-             "admitted problems solvable |",
+             "admitted / trained problems solvable |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in summary.items():
         j = "–"
@@ -176,7 +177,9 @@ def table(summary, args) -> str:
             fw, lw = r["judge_first_window"], r["judge_last_window"]
             j = (f"{r['judge']['precision']:.2f} / {r['judge']['recall']:.2f} "
                  f"({fw['precision'][0]:.2f} / {fw['recall'][0]:.2f} -> {lw['precision'][0]:.2f} / {lw['recall'][0]:.2f})")
-        share, solvable = (pct(r[k]) if k in r else "–" for k in ("self_share", "admitted_solvable"))
+        share, admitted, trained = (pct(r[k]) if k in r else "–" for k in ("self_share", "admitted_solvable",
+                                                                              "trained_solvable"))
+        solvable = admitted if trained == "–" else f"{admitted} / {trained}"
         lines.append(f"| {LABELS[name]} | {r['seeds']} | {pct(r['start'])} | {pct(r['final'])} | {pct(r['peak'])} | "
                      f"{pct(r['gain'])} | {j} | {share} | {solvable} |")
     return "\n".join(lines)
