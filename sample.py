@@ -244,7 +244,8 @@ def main(argv=None):
     from model import CheckpointError, Qwen, Tokenizer
 
     ap = argparse.ArgumentParser(description="Sample from a Qwen checkpoint folder (chat template applied).")
-    ap.add_argument("--model", required=True, help="checkpoint folder (config.json, safetensors, tokenizer.json)")
+    ap.add_argument("--model", required=True, help="model folder (config.json, safetensors, tokenizer.json) or a "
+                                                   "hub id org/name[@revision]")
     ap.add_argument("--prompt", required=True, help="user message")
     ap.add_argument("--system", default=None, help="optional system message")
     ap.add_argument("--max-new-tokens", type=int, default=256)
@@ -258,6 +259,8 @@ def main(argv=None):
     if args.max_new_tokens < 1:
         ap.error("--max-new-tokens must be >= 1")
     try:
+        from hub import resolve_model
+        args.model = resolve_model(args.model)
         model = Qwen.from_pretrained(args.model, device=args.device)
         tok = Tokenizer.from_pretrained(args.model)
     except CheckpointError as e:

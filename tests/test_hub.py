@@ -85,6 +85,10 @@ def test_eval_and_train_take_a_hub_id(offline_cache, tmp_path):
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert os.path.realpath(json.loads((run / "config.json").read_text())["model"]) == os.path.realpath(snapshot)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), "--model", "tiny-org/tiny-qwen", "--prompt",
+                        "nums 3 5 7", "--max-new-tokens", "4"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([sys.executable, os.path.join(ROOT, "eval.py"), "--model", "tiny-org/unknown", "--n", "1"],
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "tiny-org/unknown" in r.stderr.strip().splitlines()[-1]
