@@ -32,6 +32,7 @@ import torch
 SYNC_EVERY = 8  # steps between "are all rows finished?" checks (each one is a host sync on GPU)
 MIN_LEN_BUCKET = 64  # compiled decode: the shortest cache; longer ones double from here
 NOISE_BYTES = 8 << 20  # per prompt: how much sampling noise its own generator draws in one call
+HASHED_NOISE = None  # per-prompt seeds: None hashes counters on CUDA and uses generators elsewhere (see Noise)
 RECOMPILE_LIMIT = 128  # compiled decode: one graph per (rows, length) bucket; dynamo's default is 8
 
 
@@ -96,18 +97,26 @@ def sample_next(logits, temperature, top_k, top_p, generator=None, noise=None):
 class Noise:
     """The Exp(1) noise [R, V] of each sampling step, R = B*n rows, from the generators `seed` asks for.
 
-    seed None: torch's global RNG; an int: one generator for all rows; a list: one generator per prompt,
-    drawing only its own n rows, so a prompt's samples do not depend on the rest of the batch. A
-    prompt's generator draws K steps at once (K from n, V and max_new_tokens), so the Python loop over
-    prompts runs once every K tokens instead of every token. On the CPU one draw of K steps yields
-    exactly the numbers of K one-step draws, so K changes no sample; CUDA's Philox numbers do depend on
-    how they are drawn, which is why K never depends on the batch.
+    seed None: torch's global RNG; an int: one generator for all rows; a list: per prompt, drawing
+    only its own n rows, so a prompt's samples do not depend on the rest of the batch. Per-prompt
+    noise comes in one of two ways:
+    - generators (the CPU): one torch.Generator per prompt draws K steps at once (K from n, V and
+      max_new_tokens), so the Python loop over prompts runs once every K tokens; one draw of K steps
+      yields exactly the numbers of K one-step draws, so K changes no sample;
+    - hashed (CUDA, where Philox numbers depend on how they are drawn and K would be 1 at a 152k
+      vocabulary): each (prompt seed, sample, step, token) is hashed to a uniform by counter-based
+      arithmetic, one chain of kernels for the whole batch and no loop over prompts.
     """
 
-    def __init__(self, seed, n: int, vocab: int, max_new_tokens: int, device):
-        self.t, self.vocab, self.device = 0, vocab, device
+    def __init__(self, seed, n: int, vocab: int, max_new_tokens: int, device, hashed=None):
+        self.t, self.vocab, self.device, self.n = 0, vocab, device, n
         self.per_prompt = isinstance(seed, (list, tuple))
-        if self.per_prompt:
+        self.hashed = self.per_prompt and (torch.device(device).type == "cuda" if hashed is None else hashed)
+        if self.hashed:  # [R] keys: the prompt's seed and the sample's index within the prompt
+            seeds = torch.tensor([_int64(s) for s in seed], device=device, dtype=torch.long)
+            self.keys = _mix(seeds.repeat_interleave(n) * 0x2545F491 + torch.arange(len(seed) * n, device=device) % n)
+            self.columns = torch.arange(vocab, device=device, dtype=torch.long) * _GOLDEN
+        elif self.per_prompt:
             self.generators = [torch.Generator(device=device).manual_seed(s) for s in seed]
             self.K = max(1, min(max_new_tokens, NOISE_BYTES // (n * vocab * 4)))
             # [B, K, n, V]: each prompt's next K steps, contiguous so one call fills them in step order
@@ -120,12 +129,37 @@ class Noise:
         if not self.per_prompt:
             noise = torch.empty(rows, self.vocab, device=self.device, dtype=torch.float32)
             return noise.exponential_(1, generator=self.generator)
+        if self.hashed:
+            step = _mix(self.keys + _int64((self.t + 1) * _GOLDEN))  # [R]
+            self.t += 1
+            bits = _mix(step[:, None] ^ self.columns)  # [R, V]
+            u = (((bits >> 40) & 0xFFFFFF).float() + 0.5) / 2**24  # 24 random bits -> (0, 1), never 0 or 1
+            return -torch.log(u)
         k = self.t % self.K
         if k == 0:  # the next K steps of every prompt, each from its own generator
             for g, block in zip(self.generators, self.block):
                 block.exponential_(1, generator=g)
         self.t += 1
         return self.block[:, k].reshape(rows, self.vocab)
+
+
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64 (torch's integer math wraps)
+
+
+def _int64(v: int) -> int:
+    """A Python int wrapped to int64, as torch's integer arithmetic wraps."""
+    v &= 2**64 - 1
+    return v - 2**64 if v >= 2**63 else v
+
+
+def _mix(x):
+    """splitmix64's finaliser on int64 tensors: a bijective scramble of the 64 bits (shifts are made
+    logical by masking, since >> on int64 is arithmetic)."""
+    x = x ^ ((x >> 30) & ((1 << 34) - 1))
+    x = x * -4658895280553007687  # 0xBF58476D1CE4E5B9
+    x = x ^ ((x >> 27) & ((1 << 37) - 1))
+    x = x * -7723592293110705685  # 0x94D049BB133111EB
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
 
 
 @torch.no_grad()
@@ -154,7 +188,8 @@ def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature:
         raise ValueError(f"generate: {len(seed)} seeds for {len(prompts)} prompts (one per prompt, or one int)")
     device = model.output_weight.device
     B, R = len(prompts), len(prompts) * n
-    noise = None if temperature == 0 else Noise(seed, n, model.output_weight.shape[0], max_new_tokens, device)
+    noise = None if temperature == 0 else Noise(seed, n, model.output_weight.shape[0], max_new_tokens, device,
+                                                hashed=HASHED_NOISE)
 
     # 1. the cache: a fresh [R, P + max_new_tokens] one, or the model's own for this shape bucket
     if compile:

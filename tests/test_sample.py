@@ -333,3 +333,34 @@ def test_cli_bad_model(tmp_path):
     with pytest.raises(SystemExit) as e:
         sample.main(["--model", str(tmp_path), "--prompt", "x"])
     assert "config.json" in str(e.value)
+
+
+# -----------------------------------------------------------------------------
+# counter-based (hashed) per-prompt noise: CUDA's path, forced here on the CPU
+
+
+def test_hashed_noise_is_exponential_and_each_prompts_own(monkeypatch):
+    import math
+    noise = sample.Noise(list(range(64)), 8, 3000, 16, "cpu", hashed=True)
+    assert not hasattr(noise, "generators")  # no per-prompt generator, so no loop over prompts per token
+    a, b = noise.next(512), noise.next(512)
+    for x in (a, b):  # Exp(1): mean 1, variance 1, median ln 2
+        assert abs(float(x.mean()) - 1) < 0.01 and abs(float(x.var()) - 1) < 0.02
+        assert abs(float((x < math.log(2)).float().mean()) - 0.5) < 0.005
+    assert float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]) < 0.01  # steps independent
+    alone = sample.Noise([5], 8, 3000, 16, "cpu", hashed=True).next(8)
+    assert torch.equal(a[5 * 8:6 * 8], alone)  # prompt 5's rows, whatever else is in the batch
+
+
+def test_hashed_noise_samples_the_distribution_and_keeps_batch_independence(tiny_ckpt, monkeypatch):
+    monkeypatch.setattr(sample, "HASHED_NOISE", True)
+    logits = torch.randn(1, 40) * 2
+    probs = torch.softmax(logits, -1)[0]
+    noise = sample.Noise(list(range(400)), 50, 40, 1, "cpu", hashed=True)
+    ids, _ = sample.sample_next(logits.expand(20000, 40), 1.0, 0, 1.0, noise=noise.next(20000))
+    freq = torch.bincount(ids, minlength=40).float() / 20000
+    assert 0.5 * float((freq - probs).abs().sum()) < 0.03  # total variation
+    model = Qwen.from_pretrained(tiny_ckpt)
+    both = sample.generate(model, [[5, 6, 7], [8, 9]], n=3, max_new_tokens=6, seed=[11, 22])
+    alone = sample.generate(model, [[8, 9]], n=3, max_new_tokens=6, seed=[22])
+    assert all(both.completion(3 + i) == alone.completion(i) for i in range(3))
