@@ -274,20 +274,7 @@ def ppo_update(policy, optimizer, batch, cfg, ref_model=None, value_head=None, c
             if gae:
                 old_values[r, :v.shape[1]] = v
 
-    # advantages, per token
-    if gae:
-        last = (mask * torch.arange(T, device=dev)).argmax(1)  # the sequence reward goes on the last response token
-        rewards = torch.zeros(B, T, device=dev).scatter(1, last[:, None], batch["rewards"].float()[:, None])
-        adv, returns = gae_advantages(rewards, old_values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_gae:
-            on = mask > 0
-            adv = torch.where(on, (adv - adv[on].mean()) / (adv[on].std() + 1e-8), 0.0)
-    else:
-        adv = batch.get("advantages")
-        if adv is None:
-            adv = group_advantages(batch["rewards"], cfg.group_size, cfg.scale_std)
-        adv = adv.float()
-        adv = (adv[:, None] if adv.dim() == 1 else adv) * mask
+    adv, returns = token_advantages(batch, mask, cfg, old_values)
 
     # reference log-probs for the KL penalty (kl_coef == 0: no reference pass at all)
     ref_logp = batch.get("ref_logp") if cfg.kl_coef > 0 else None
@@ -341,12 +328,39 @@ def ppo_update(policy, optimizer, batch, cfg, ref_model=None, value_head=None, c
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.double()
             steps += 1
 
+    return mean_stats(sums, tokens, steps, sampler_err)
+
+
+def token_advantages(batch, mask, cfg, old_values=None):
+    """-> (advantages [B, T], returns [B, T] or None), 0 off the response mask [B, T]. gae: GAE over
+    old_values with the sequence reward on each row's last response token (whitened over the batch's
+    response tokens with cfg.whiten_gae). group: batch["advantages"] ([B] or [B, T]), or group
+    advantages of batch["rewards"], broadcast over each row's response tokens."""
+    if cfg.advantage == "gae":
+        B, T = mask.shape
+        last = (mask * torch.arange(T, device=mask.device)).argmax(1)
+        rewards = torch.zeros(B, T, device=mask.device).scatter(1, last[:, None], batch["rewards"].float()[:, None])
+        adv, returns = gae_advantages(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_gae:
+            on = mask > 0
+            adv = torch.where(on, (adv - adv[on].mean()) / (adv[on].std() + 1e-8), 0.0)
+        return adv, returns
+    adv = batch.get("advantages")
+    if adv is None:
+        adv = group_advantages(batch["rewards"], cfg.group_size, cfg.scale_std)
+    adv = adv.float()
+    return (adv[:, None] if adv.dim() == 1 else adv) * mask, None
+
+
+def mean_stats(sums, tokens, steps, sampler_err) -> dict:
+    """The update's running sums (device tensors) -> floats, with the update's one host sync: loss and
+    grad_norm per optimizer step, sampler_logp_err the max over micro-batches, the rest per token."""
     if not sums:
         return {}
     if sampler_err:  # a max over every response token of the batch, not a mean
         sums["sampler_logp_err"] = torch.stack(sampler_err).amax().double()
     names = list(sums)
-    *values, n_tokens = torch.stack([sums[k] for k in names] + [tokens]).tolist()  # the update's one stats sync
+    *values, n_tokens = torch.stack([sums[k] for k in names] + [tokens]).tolist()
     per = dict(loss=steps, grad_norm=steps, sampler_logp_err=1)  # the rest: per response token
     return {k: v / max(per.get(k, n_tokens), 1e-12) for k, v in zip(names, values)}
 
