@@ -23,7 +23,7 @@ import json
 from collections import deque
 
 import sample
-from judge import decode_completion, passed
+from judge import agreement, decode_completion, passed
 
 BUFFER_SIZE = 512  # recent admitted problems kept for deduplication and reuse
 
@@ -53,6 +53,10 @@ class ProblemBuffer:
         """Problems last seen inside the band (the ones worth solving again)."""
         return [x["problem"] for x in self.items if band[0] <= x["pass_rate"] <= band[1]]
 
+    def pool(self, band) -> list:
+        """The problems to draw from again: the learnable ones, or all of them when none is."""
+        return self.learnable(band) or [x["problem"] for x in self.items]
+
     def state(self) -> list:
         return list(self.items)
 
@@ -60,7 +64,7 @@ class ProblemBuffer:
 def examples(cfg, task, buffer, rng, difficulty) -> tuple[list, int]:
     """Problems shown in the propose prompt: the policy's own admitted ones once the buffer holds
     enough, else the task generator's -> (examples, how many came from the generator)."""
-    own = buffer.learnable(cfg.band) or [x["problem"] for x in buffer.items]
+    own = buffer.pool(cfg.band)
     if len(own) >= cfg.propose_examples:
         return rng.sample(own, cfg.propose_examples), 0
     shown = task.make_problems(cfg.propose_examples, seed=rng.randrange(2**31), split="train", **difficulty)
@@ -138,29 +142,29 @@ def proposer_rewards(proposals, rates: dict, band) -> list[float]:
     return out
 
 
-def measure(task, proposals, groups) -> dict:
-    """The verifier's view, for the logs only: admitted problems that are truly solvable, witnesses
-    that are right, and the judge's precision on the admitted problems' rollouts."""
+def measure(task, proposals, groups, solvable: dict) -> dict:
+    """The verifier's view, for the logs only: admitted problems that are truly solvable (solvable:
+    canonical key -> bool, from task.solvable), witnesses that are right, and the judge's precision
+    on the admitted problems' rollouts."""
     admitted = [p for p in proposals if p.get("status") == "admitted"]
     out = {"proposed": len(proposals), "proposed_valid": sum(p["problem"] is not None for p in proposals),
            "proposed_repeat": sum(p.get("status") == "repeat" for p in proposals),
            "proposed_rejected": sum(p.get("status") == "rejected" for p in proposals),
            "admitted": len(admitted)}
-    if admitted:
-        out["admitted_solvable"] = sum(bool(task.solvable(p["problem"])) for p in admitted) / len(admitted)
-        if all(p["witness"] is not None for p in admitted):
-            out["witness_correct"] = sum(bool(task.verify(p["problem"], p["witness"])) for p in admitted) / len(admitted)
+    if admitted and solvable:
+        out["admitted_solvable"] = sum(solvable[canonical(p["problem"])] for p in admitted) / len(admitted)
+    if admitted and all(p["witness"] is not None for p in admitted):
+        out["witness_correct"] = sum(bool(task.verify(p["problem"], p["witness"])) for p in admitted) / len(admitted)
     if groups:  # the judge on the admitted problems' rollouts
         judged = [r for g in groups for r in g if r.get("judge_texts")]
-        tp = sum(passed(r["reward"]) and r["correct"] for r in judged)
-        fp = sum(passed(r["reward"]) and not r["correct"] for r in judged)
-        out["admitted_judge_precision"] = tp / (tp + fp) if tp + fp else None
+        out["admitted_judge_precision"] = agreement([passed(r["reward"]) for r in judged],
+                                                    [r["correct"] for r in judged])["precision"]
     return out
 
 
 def reuse(buffer, band, k, rng) -> list:
     """Up to k problems admitted earlier (preferring those last seen inside the band)."""
-    pool = buffer.learnable(band) or [x["problem"] for x in buffer.items]
+    pool = buffer.pool(band)
     return rng.sample(pool, min(k, len(pool)))
 
 

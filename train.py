@@ -308,11 +308,13 @@ def self_proposed_groups(cfg, m, task, step, quota, buffer, difficulty, timer):
     n_reused = len(groups) - n_self
     if len(groups) < quota:  # nothing of its own yet: the task's problems
         groups += task_groups(cfg, m, task, step, quota, difficulty, timer, k=quota - len(groups))
-    source = {**propose.measure(task, proposals, candidates), "examples_from_task": from_task}
-    kept = all_ranks([task.solvable(g[0]["problem"]) for g in groups[:n_self]] if hasattr(task, "solvable") else [])
-    if any(kept):  # the verifier's view of what the band let through (logged, never used)
-        flat = [x for part in kept for x in part]
-        source["trained_solvable"] = sum(flat) / len(flat)
+    # the verifier's view (logged, never used): each admitted problem's solvability, searched once
+    solvable = {propose.canonical(p): bool(task.solvable(p)) for p in problems} if hasattr(task, "solvable") else {}
+    source = {**propose.measure(task, proposals, candidates, solvable), "examples_from_task": from_task}
+    kept = [x for part in all_ranks([solvable[propose.canonical(g[0]["problem"])] for g in groups[:n_self]]
+                                    if solvable else []) for x in part]
+    if kept:
+        source["trained_solvable"] = sum(kept) / len(kept)
     counts = all_ranks((n_self, n_reused, len(groups)))
     source.update(problems_self=sum(c[0] for c in counts), problems_reused=sum(c[1] for c in counts))
     source["self_share"] = (source["problems_self"] + source["problems_reused"]) / sum(c[2] for c in counts)
