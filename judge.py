@@ -54,11 +54,11 @@ class Judge:
         tok, k = self.tokenizer, self.samples
         if self.temperature == 0:  # greedy: one generation per distinct prompt, shared by its copies
             first = {}
-            for j, p in enumerate(prompts):
-                first.setdefault(tuple(p), j)
-            runs, n = list(first.values()), 1
+            source = [first.setdefault(tuple(p), j) for j, p in enumerate(prompts)]  # prompt j's generation
+            n = 1
         else:  # sampled verdicts: every answer gets its own k samples, as if judged alone
-            runs, n = list(range(len(prompts))), k
+            source, n = list(range(len(prompts))), k
+        runs = sorted(set(source))
         chunk = self.batch_size or len(runs)
         judged = {}  # index into prompts -> its k judge texts
         for start in range(0, len(runs), chunk):
@@ -72,8 +72,8 @@ class Judge:
                                   pad_id=tok.pad_id, seed=chunk_seed, compile=self.compile)
             for r, j in enumerate(part):
                 judged[j] = [decode_completion(tok, out.completion(r * n + s)) for s in range(n)] * (k // n)
-        for j, i in enumerate(todo):
-            texts[i] = judged[j] if j in judged else judged[first[tuple(prompts[j])]]
+        for i, j in zip(todo, source):
+            texts[i] = judged[j]
             rewards[i] = sum(tasks.parse_verdict(t) for t in texts[i]) / k  # last tag; none: 0
         return rewards, texts
 

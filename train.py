@@ -139,9 +139,13 @@ class Models:
     sampler: Qwen         # generates rollouts: the policy, or its bf16 copy on one GPU
     reference: Qwen | None  # the initial model: KL anchor, and the judge with --judge frozen
     judge: Judge | None   # scores answers under --reward self
-    judge_frozen: list    # a judge model other than the sampler (resident while generating)
     tok: object
     meta: dict            # the starting model folder's nano_rlsr.json
+
+    @property
+    def judge_frozen(self) -> list:
+        """A judge model other than the sampler (kept resident while generating)."""
+        return [self.judge.model] if self.judge and self.judge.model is not self.sampler else []
 
 
 def load_models(cfg, ckpt, task, device, dtype, world) -> Models:
@@ -174,8 +178,7 @@ def load_models(cfg, ckpt, task, device, dtype, world) -> Models:
     if world > 1 and cfg.ref_placement == "shard":
         for x in {id(x): x for x in frozen}.values():
             shard(x, device, mixed=False)  # already in the compute dtype
-    judge_frozen = [judge.model] if judge and judge.model is not sampler else []
-    return Models(policy, sampler, reference, judge, judge_frozen, tok, meta)
+    return Models(policy, sampler, reference, judge, tok, meta)
 
 
 def update_policy(cfg, m: Models, optimizer, batch, value_head, device, dtype) -> dict:
