@@ -6,9 +6,8 @@ layer + the root; nccl on CUDA, gloo on the CPU): each rank rolls out, judges an
 share of a step's problems, and rank 0 gathers metrics and writes files.
 """
 
-from contextlib import contextmanager
-
 import os
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist

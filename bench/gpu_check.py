@@ -42,6 +42,8 @@ from contextlib import contextmanager, nullcontext, redirect_stdout  # noqa: E40
 
 import torch  # noqa: E402
 
+import sample  # noqa: E402
+
 TINY = os.path.join(REPO, "assets", "tiny-countdown")
 
 # Qwen2.5-0.5B's config.json sizes (Hugging Face Qwen/Qwen2.5-0.5B), for a model with random weights
@@ -222,7 +224,6 @@ def random_prompts(lengths, vocab, seed=0) -> list:
 
 
 def ours_greedy(model, prompts, new, compile=False) -> list:
-    import sample
     ro = sample.generate(model, prompts, max_new_tokens=new, temperature=0.0, compile=compile)
     return ro.tokens.tolist()
 
@@ -273,9 +274,7 @@ def compiled_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-def pow2(x: int, smallest: int = 1) -> int:
-    """The next power of two >= max(x, smallest): sample.py's shape buckets for compiled decode."""
-    return max(smallest, 1 << (max(x, 1) - 1).bit_length())
+pow2 = sample.bucket  # the next power of two >= max(x, smallest): the compiled decode's shape buckets
 
 
 # -----------------------------------------------------------------------------
@@ -285,7 +284,6 @@ def pow2(x: int, smallest: int = 1) -> int:
 def check_env() -> dict:
     import model
     import ppo
-    import sample
     props = torch.cuda.get_device_properties(cuda())
     versions = {}
     for name in ("triton", "transformers"):
@@ -504,7 +502,6 @@ def attention_backends(model, sample_dtype=None) -> dict:
     """{phase: sorted SDPA backends} from the profiler's aten op names, eager: "training" (a forward of
     the fp32 model, under bf16 autocast on CUDA as ppo_update runs it) and its "training_backward";
     prefill and decode of sample.generate for prompts of equal lengths and of different lengths."""
-    import sample
     from torch.profiler import ProfilerActivity, profile, record_function
     device = model.output_weight.device
     V = model.config.vocab_size
@@ -638,7 +635,6 @@ def check_generate_compile_shapes() -> dict:
 def decode_syncs(model, prompts, short=16, long=48, **kwargs) -> dict:
     """Host syncs of sample.generate at two lengths (no stop token: both run to the end); their
     difference per extra token is the loop's own, free of the per-call setup and copies."""
-    import sample
     counts = {}
     for new in (short, long):
         sample.generate(model, prompts, max_new_tokens=new, **kwargs)  # warm-up: lazy inits sync once
@@ -649,7 +645,6 @@ def decode_syncs(model, prompts, short=16, long=48, **kwargs) -> dict:
 
 
 def check_host_syncs() -> dict:
-    import sample
     from config import TrainConfig
     from ppo import ppo_update, token_logprobs
     dev = cuda()

@@ -181,13 +181,18 @@ HOSTILE = [
 ]
 
 
-def test_hostile_answers_are_rejected_quickly_and_run_nothing(monkeypatch):
+def forbid_code_execution(monkeypatch):
+    """eval/exec raise for the rest of the test, and the file a hostile answer would touch is gone."""
     def forbidden(*args, **kwargs):
         raise AssertionError("eval/exec called")
     monkeypatch.setattr(builtins, "eval", forbidden)
     monkeypatch.setattr(builtins, "exec", forbidden)
     if os.path.exists(SENTINEL):
         os.remove(SENTINEL)
+
+
+def test_hostile_answers_are_rejected_quickly_and_run_nothing(monkeypatch):
+    forbid_code_execution(monkeypatch)
     problem = {"integrand": "x"}
     for answer in HOSTILE:
         start = time.perf_counter()

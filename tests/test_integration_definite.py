@@ -2,7 +2,6 @@
 (tasks/calculus.py), the pointwise tier of the antiderivative check (tasks/checks.py), both kinds of
 problems, prompts and SFT helpers, and the Bee set's self-consistency."""
 
-import builtins
 import os
 import random
 import time
@@ -16,7 +15,7 @@ from hypothesis import strategies as st
 from tasks import calculus as calc
 from tasks import definite, parse_verdict
 from tasks import integration as it
-from test_integration import HOSTILE, SENTINEL, SLACK, TOKENS
+from test_integration import HOSTILE, SENTINEL, SLACK, TOKENS, forbid_code_execution
 
 SETTINGS = dict(deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
 X = sp.Symbol("x")
@@ -164,12 +163,7 @@ def test_cost_limits_refuse_fast_and_stay_time_bounded():
 
 
 def test_hostile_answers_and_bounds_for_definite_problems(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("eval/exec called")
-    monkeypatch.setattr(builtins, "eval", forbidden)
-    monkeypatch.setattr(builtins, "exec", forbidden)
-    if os.path.exists(SENTINEL):
-        os.remove(SENTINEL)
+    forbid_code_execution(monkeypatch)
     problem = d("x*exp(x)", "0", "1")
     for answer in HOSTILE:
         start = time.perf_counter()
