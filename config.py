@@ -189,8 +189,9 @@ def make_config(cls, **given):
         raise UsageError(f"unknown setting(s) {sorted(unknown)} for {cls.__name__}")
     if cls is TrainConfig and not given.get("model"):
         given = {**given, "model": default_model(given.get("task", TrainConfig.task))}
-    model = given.get("model", DEFAULT_MODEL)
     try:
+        given = {k: normalise(k, v) for k, v in given.items()}  # hub ids -> cached folders, for experiments too
+        model = given.get("model", DEFAULT_MODEL)
         check_model_dir(model)
         defaults = folder_defaults(cls, model)
     except CheckpointError as e:
