@@ -4,8 +4,9 @@
     python experiments/rlsr.py --seeds 7 8 9        # other seeds
     python experiments/rlsr.py --conditions verifier self self-proposer    # some of them
     python experiments/rlsr.py --quick              # a minute-sized smoke run of the same script
+    python experiments/rlsr.py --task integration   # the integration table (verifier, frozen, live)
 
-From the same start (the embedded tiny model) and with equal budgets (same steps, problems per
+From the same start (the task's embedded tiny model, assets/tiny-<task>) and with equal budgets (same steps, problems per
 step, rollouts, learning rate), per seed:
   none           no RL: the start model evaluated on the seed's held-out problems
   verifier       reward = the formal checker (the paper's "formal verification" baseline)
@@ -48,6 +49,9 @@ CONDITIONS = {  # name -> train.py flags (on top of the shared ones)
 LABELS = {"none": "(a) no RL", "verifier": "(b) verifier reward", "frozen": "(c) self reward, frozen judge",
           "live": "(d) self reward, live judge (RLSR)", "self-mixed": "(e) self-proposed, earlier filter",
           "self": "(f) complete loop: self-proposed + witness + band", "self-proposer": "(g) (f) + proposer training"}
+# per task: the self-reward conditions' goal (gain >= min_gain and >= share of the verifier's gain)
+GOALS = {"countdown": dict(min_gain=0.15, share=0.8),  # issues 7 and 14
+         "integration": dict(min_gain=None, share=0.8, verifier_gain=0.10)}  # issue 15: verifier >= +10 points
 SELF_KEYS = ("self_share", "admitted_solvable", "trained_solvable", "witness_correct",
              "admitted_judge_precision")  # per-step logs of --problems self runs
 
@@ -56,11 +60,14 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (one run per condition each)")
-    p.add_argument("--model", default=os.path.join(ROOT, "assets", "tiny-countdown"), help="start checkpoint")
-    p.add_argument("--out", default=os.path.join(ROOT, "runs", "rlsr-experiment"), help="output folder")
+    p.add_argument("--task", default="countdown", choices=sorted(GOALS), help="the task trained and evaluated")
+    p.add_argument("--model", default="", help="start checkpoint (default: assets/tiny-<task>)")
+    p.add_argument("--out", default="", help="output folder (default: runs/rlsr-experiment, "
+                                             "runs/rlsr-<task> for another task)")
     p.add_argument("--jobs", type=int, default=2, help="runs at once (one CPU thread each)")
-    p.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS),
-                   help="conditions to run (none, no RL, comes with any of them)")
+    p.add_argument("--conditions", nargs="+", default=None, choices=list(CONDITIONS),
+                   help="conditions to run (none, no RL, comes with any of them; default: all of them, "
+                        "integration: verifier frozen live)")
     p.add_argument("--quick", action="store_true", help="smoke run: 4 steps, 16 held-out problems")
     p.add_argument("train_args", nargs=argparse.REMAINDER,
                    help="after --: extra train.py flags for every run (e.g. -- --steps 100 --kl-coef 0.01)")
@@ -71,8 +78,18 @@ def parse_args(argv=None):
                            "--group-size", "4", "--propose-n", "4"] + args.train_args
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
+    args.model = args.model or os.path.join(ROOT, "assets", f"tiny-{args.task}")
+    args.out = args.out or os.path.join(ROOT, "runs", "rlsr-experiment" if args.task == "countdown"
+                                        else f"rlsr-{args.task}")
     if not os.path.isdir(args.model):
-        p.error(f"--model {args.model}: not a folder")
+        p.error(f"--model {args.model}: not a folder" + (" (build it: python experiments/build_tiny.py --task "
+                                                         f"{args.task})" if "assets" in args.model else ""))
+    if args.conditions is None:
+        args.conditions = list(CONDITIONS) if args.task == "countdown" else ["verifier", "frozen", "live"]
+    proposing = [c for c in args.conditions if c in ("self", "self-proposer")]
+    if proposing and args.task != "countdown":
+        p.error(f"--conditions {' '.join(proposing)}: self-proposed problems need proposals with a witness, "
+                f"which only countdown has")
     return args
 
 
@@ -82,7 +99,7 @@ def run_train(name, seed, args) -> str:
     if os.path.exists(os.path.join(out, "done")):
         return out
     flags = CONDITIONS[name]
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--task", "countdown", "--model", args.model,
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--task", args.task, "--model", args.model,
            "--seed", str(seed), "--out", out, "--no-progress", *flags, *args.train_args]
     if os.path.exists(os.path.join(out, "config.json")):  # interrupted: continue it exactly
         cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--resume", out, "--no-progress"]
@@ -185,19 +202,27 @@ def table(summary, args) -> str:
     return "\n".join(lines)
 
 
-def verdict(summary) -> list[str]:
-    """The goals: self reward ((c), (d); issue 7) gains >= +15 points and >= 80% of (b)'s; the
-    complete loop ((f), (g); issue 14) too, and no collapse (final >= peak - 3 points), judge precision
-    on its own rollouts >= 0.8, >= 90% of admitted problems solvable, >= 90% of problems self-proposed."""
+def verdict(summary, task="countdown") -> list[str]:
+    """The goals (GOALS[task]): self reward ((c), (d)) gains >= min_gain and >= share of (b)'s gain
+    (integration: (b) itself gains >= +10 points); the complete loop ((f), (g); issue 14) too, and no
+    collapse (final >= peak - 3 points), judge precision on its own rollouts >= 0.8, >= 90% of admitted
+    problems solvable, >= 90% of problems self-proposed."""
     if "verifier" not in summary:
         return ["no verifier run: no goal to check"]
+    goal = GOALS[task]
     base = summary["verifier"]["gain"][0]
     out = []
+    if goal.get("verifier_gain") is not None:
+        ok = base >= goal["verifier_gain"]
+        out.append(f"{LABELS['verifier']}: gain {100 * base:+.1f} points -> goal (>= +{100 * goal['verifier_gain']:.0f}) "
+                   + ("met" if ok else "NOT met"))
     for name in ("frozen", "live", "self", "self-proposer"):
         if name not in summary:
             continue
         r, g = summary[name], summary[name]["gain"][0]
-        checks = {">= +15": g >= 0.15, ">= 80%": g >= 0.8 * base}
+        checks = {f">= {goal['share']:.0%}": g >= goal["share"] * base}
+        if goal.get("min_gain") is not None:
+            checks = {f">= +{100 * goal['min_gain']:.0f}": g >= goal["min_gain"], **checks}
         if name.startswith("self"):
             checks.update({"no collapse": r["final"][0] >= r["peak"][0] - 0.03,
                            "judge precision >= 0.8": r.get("judge", {}).get("precision", 0) >= 0.8,
@@ -210,7 +235,7 @@ def verdict(summary) -> list[str]:
     return out
 
 
-def plot(runs, path) -> bool:
+def plot(runs, path, task="countdown") -> bool:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -234,7 +259,7 @@ def plot(runs, path) -> bool:
             for key, style in (("precision", "-"), ("recall", "--")):
                 vals = [mean_std([c["judge"][i][key] for c in per_seed])[0] for i in range(len(js))]
                 ax2.plot(js, vals, style, marker=".", color=colors[name], label=f"{name} {key}")
-    ax1.set(xlabel="RL step", ylabel="held-out accuracy (%, greedy)", title="Countdown, tiny model (mean, min-max band)")
+    ax1.set(xlabel="RL step", ylabel="held-out accuracy (%, greedy)", title=f"{task.capitalize()}, tiny model (mean, min-max band)")
     ax2.set(xlabel="RL step", ylabel="vs the verifier", ylim=(0, 1),
             title="judge on the policy's own samples (per eval window)")
     for ax in (ax1, ax2):
@@ -263,15 +288,15 @@ def main(argv=None):
         runs["none"].append({"heldout": [(s, start) for s, _ in c["heldout"]], "judge": [], "reward": []})
     summary = summarise(runs)
     md = table(summary, args)
-    goal = verdict(summary)
+    goal = verdict(summary, args.task)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"seeds": args.seeds, "train_args": args.train_args, "summary": summary, "curves": runs,
+        json.dump({"task": args.task, "seeds": args.seeds, "train_args": args.train_args, "summary": summary, "curves": runs,
                    "goal": goal, "seconds": time.time() - t0}, f, indent=1)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md + "\n\n" + "\n".join(f"- {g}" for g in goal) + "\n")
     print(md)
     print("\n".join(goal))
-    if plot(runs, os.path.join(args.out, "rlsr.png")):
+    if plot(runs, os.path.join(args.out, "rlsr.png"), args.task):
         print(f"plot: {os.path.join(args.out, 'rlsr.png')}")
     print(f"results: {args.out}/results.json, results.md ({time.time() - t0:.0f} s)")
 

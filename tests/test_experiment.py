@@ -60,6 +60,31 @@ def test_goal_verdict():
     assert line.endswith(") met")
 
 
+def test_integration_goal_asks_the_verifier_for_ten_points_and_self_reward_for_80_percent():
+    summary = {"verifier": {"gain": (0.12, 0.0)}, "frozen": {"gain": (0.05, 0.0)}, "live": {"gain": (0.10, 0.0)}}
+    verifier, frozen, live = rlsr.verdict(summary, "integration")
+    assert verifier.endswith("goal (>= +10) met")
+    assert frozen.endswith("NOT met (>= 80%)")  # 42% of the verifier's gain
+    assert live.endswith("goal (>= 80%) met")  # 83%: no absolute floor on integration
+    (verifier, _, _) = rlsr.verdict({**summary, "verifier": {"gain": (0.08, 0.0)}}, "integration")
+    assert verifier.endswith("NOT met")
+
+
+def test_task_flag_picks_the_tasks_model_and_refuses_witness_conditions(tmp_path, capsys):
+    model = tmp_path / "m"
+    model.mkdir()
+    args = rlsr.parse_args(["--task", "integration", "--model", str(model), "--conditions", "verifier", "live"])
+    assert args.task == "integration" and args.out.endswith(os.path.join("runs", "rlsr-integration"))
+    with pytest.raises(SystemExit):
+        rlsr.parse_args(["--task", "integration", "--model", str(model), "--conditions", "live", "self"])
+    assert "--conditions self: self-proposed problems need proposals with a witness" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        rlsr.parse_args(["--task", "integration", "--model", str(tmp_path / "missing")])
+    assert "missing: not a folder" in capsys.readouterr().err
+    assert rlsr.parse_args(["--task", "integration", "--model", str(model)]).conditions == ["verifier", "frozen", "live"]
+    assert rlsr.parse_args([]).model.endswith(os.path.join("assets", "tiny-countdown"))
+
+
 def test_quick_experiment_end_to_end(tmp_path, tiny_ckpt):
     out = tmp_path / "exp"
     rlsr.main(["--quick", "--seeds", "0", "--model", str(tiny_ckpt), "--out", str(out), "--conditions", "verifier",
