@@ -234,10 +234,11 @@ def main(argv=None):
                     help="model folder(s) or hub ids org/name[@revision]; two or more are compared side by side "
                          "(default: assets/tiny-<task>, the task's embedded model)")
     ap.add_argument("--samples", type=int, default=1, metavar="K", help="answers sampled per problem (k of mean@k, pass@k)")
-    ap.add_argument("--n", type=int, default=100, help="number of held-out problems")
+    ap.add_argument("--n", type=int, default=None, help="number of problems (default: 100; --split bee: the whole set)")
     ap.add_argument("--problems", default="", metavar="FILE.jsonl",
                     help="problems to use, one JSON object a line (default: --n generated test-split problems)")
-    ap.add_argument("--split", default="test", choices=["train", "test"], help="split of generated problems")
+    ap.add_argument("--split", default="test", choices=["train", "test", "bee"],
+                    help="split of generated problems, or bee: integration's fixed Integration Bee-style set")
     ap.add_argument("--seed", type=int, default=0, help="seed of the problems and the sampling")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
     ap.add_argument("--max-new-tokens", type=int, default=256, help="longest answer, in tokens")
@@ -258,6 +259,10 @@ def main(argv=None):
     ap.add_argument("--out", default="", metavar="FILE",
                     help="JSON results file (default: eval-<task>.json in the current folder)")
     args = ap.parse_args(argv)
+    if args.split == "bee" and args.task != "integration":
+        ap.error(f"--split bee: only the integration task has a Bee set, not {args.task}")
+    if args.n is None:
+        args.n = len(tasks.get("integration").BEE) if args.split == "bee" else 100
     for name in ("samples", "n"):
         if getattr(args, name) < 1 and not (name == "n" and args.problems):
             ap.error(f"--{name} must be >= 1 (an empty problem set has nothing to measure)")

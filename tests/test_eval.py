@@ -113,3 +113,14 @@ def test_default_model_missing_says_how_to_pass_one(monkeypatch, tmp_path):
     with pytest.raises(SystemExit) as e:
         ev.main(["--n", "1"])
     assert "tiny-countdown is not built yet" in str(e.value) and "--model" in str(e.value)
+
+
+def test_bee_split_takes_the_whole_bee_set_and_is_integrations_alone(tiny_ckpt, tmp_path, capsys):
+    import tasks
+    out = tmp_path / "bee.json"
+    ev.main(["--task", "integration", "--model", tiny_ckpt, "--split", "bee", "--max-new-tokens", "2",
+             "--judge-samples", "0", "--out", str(out)])
+    assert json.loads(out.read_text())["results"][0]["problems"] == len(tasks.get("integration").BEE) == 89
+    with pytest.raises(SystemExit):
+        ev.main(["--model", tiny_ckpt, "--split", "bee"])
+    assert "--split bee: only the integration task has a Bee set" in capsys.readouterr().err
