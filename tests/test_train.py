@@ -403,3 +403,51 @@ def test_run_summary_sums_the_judge_over_the_run(tmp_path):
     f.write_text("".join(json.dumps(m) + "\n" for m in lines))
     assert run_summary(str(f)) == ("held-out accuracy 0.250 (step 0) -> 0.500 (step 2); judge vs verifier over the "
                                    "run: TP 4 FP 2 TN 4 FN 2, precision 0.667, recall 0.667")
+
+
+def integration_script(prompt, s):
+    """Integration rows: solver rows 0 mod 2 the right answer (sympy integrates our own generated
+    problem), the rest the real tiny model's text (never an answer); a judge that says 1 to everything."""
+    import sympy as sp
+    from tasks.calculus import parse, symbol_x, to_sympy
+    user = re.search(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", prompt, re.S).group(1)
+    if user.startswith("check "):
+        return "<JUDGE_SCORE>1</JUDGE_SCORE>"
+    if s % 2:
+        return None
+    problem = tasks.get("integration").parse_problem(user)
+    f, x = to_sympy(parse(problem["integrand"])), symbol_x()
+    if "lower" in problem:
+        bounds = [to_sympy(parse(problem[k])) for k in ("lower", "upper")]
+        return f"<answer>{sp.sstr(sp.integrate(f, (x, *bounds)))}</answer>"
+    return f"<answer>{sp.sstr(sp.integrate(f, x))}</answer>"
+
+
+@pytest.mark.parametrize("reward", ["self", "verifier"])
+def test_integration_runs_the_loop(tiny_ckpt, tmp_path, monkeypatch, reward):
+    """train.py --task integration on a model folder made for it: indefinite and definite problems,
+    rewards from the judge or the verifier, held-out accuracy, a checkpoint."""
+    model = tmp_path / "tiny-integration"
+    shutil.copytree(tiny_ckpt, model)
+    difficulty = dict(atoms="simple", max_terms=2, max_len=40, definite=0.5)
+    (model / "nano_rlsr.json").write_text(json.dumps({"task": "integration", "prompt_style": "compact",
+                                                      "difficulty": difficulty}))
+    tok = Tokenizer.from_pretrained(str(model))
+    calls = []
+    monkeypatch.setattr(sample, "generate", scripted_generate(tok, integration_script, real=sample.generate,
+                                                              calls=calls))
+    out = tmp_path / "run"
+    lines = run("--task", "integration", "--model", model, "--out", out, "--reward", reward, *TINY)
+    assert [line["step"] for line in lines] == [0, 1, 2]
+    assert lines[0]["heldout_acc"] == lines[2]["heldout_acc"] == 1.0  # greedy held-out rows are sample 0: right
+    for line in lines[1:]:
+        assert line["rollout_acc"] == line["reward_mean"] == line["format_rate"] == 0.5
+        if reward == "self":  # the answered half is judged (all right: TP), the answerless half is not
+            assert line["judge_tp"] == line["judge_judged"] == 2 and line["judge_fp"] == 0
+    solver = [t for texts, _ in calls for t in texts if "user\nintegrate(" in t]
+    assert any(", (x, " in t for t in solver) and any(", x)" in t for t in solver)  # definite and indefinite
+    samples = read_lines(out / "samples.jsonl")
+    integration = tasks.get("integration")
+    for s in samples:
+        assert s["correct"] == (s["answer"] is not None and integration.verify(s["problem"], s["answer"]))
+    assert checkpoint.read_meta(str(out / "ckpt"))["task"] == "integration"
