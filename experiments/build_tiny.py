@@ -69,7 +69,8 @@ TASK_SETTINGS = {
     "countdown": dict(folder="tiny-countdown", difficulty=DIFFICULTY, train_defaults=TRAIN_DEFAULTS,
                       answer_tokens=96, judge_tokens=128, max_len=256),
     "integration": dict(folder="tiny-integration", difficulty=INTEGRATION_DIFFICULTY,
-                        train_defaults=INTEGRATION_TRAIN_DEFAULTS, answer_tokens=160, judge_tokens=192, max_len=384),
+                        train_defaults=INTEGRATION_TRAIN_DEFAULTS, answer_tokens=160, judge_tokens=192, max_len=384,
+                        epochs=2),  # ~4 examples per problem, each 2-3x a Countdown one: 2 epochs fit in ~30 min
 }
 
 
@@ -150,7 +151,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=512, help="tokenizer vocabulary size")
     ap.add_argument("--d", type=int, default=128, help="hidden size")
     ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--epochs", type=int, default=4, help="stage-1 SFT epochs")
+    ap.add_argument("--epochs", type=int, default=None, help="stage-1 SFT epochs (default: countdown 4, integration 2)")
     ap.add_argument("--lr", type=float, default=1e-3, help="peak SFT lr (2e-3 and up learned arithmetic far worse)")
     ap.add_argument("--eval-n", type=int, default=300, help="held-out problems measured at the end")
     ap.add_argument("--continue-from", default="", metavar="DIR",
@@ -162,6 +163,7 @@ def main():
     args.out = args.out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
                                         settings["folder"])
     args.difficulty, args.train_defaults = settings["difficulty"], settings["train_defaults"]
+    args.epochs = args.epochs or settings.get("epochs", 4)
     args.answer_tokens, args.judge_tokens, args.max_len = (settings[k] for k in ("answer_tokens", "judge_tokens",
                                                                                  "max_len"))
     if args.continue_from and not os.path.exists(os.path.join(args.continue_from, "nano_rlsr.json")):
