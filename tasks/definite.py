@@ -149,8 +149,11 @@ def _kinks(node, a, b, lib, deadline):
             except (BadPoint, ZeroDivisionError, ValueError, OverflowError, ArithmeticError):
                 return 0
         grid = _grid(a, b)
-        for lo, hi in zip(grid, grid[1:]):
-            s_lo, s_hi = sign(lo), sign(hi)
+        signs = [sign(t) for t in grid]
+        for i in range(1, len(grid) - 1):  # a sign change right at a sample (abs(x - 1) on [0, 4])
+            if signs[i] == 0 and signs[i - 1] * signs[i + 1] < 0:
+                found.append(grid[i])
+        for lo, hi, s_lo, s_hi in zip(grid, grid[1:], signs, signs[1:]):
             if s_lo * s_hi >= 0:
                 continue
             for _ in range(lib["dps"] * 4):  # ~ one bit per step, to the working precision

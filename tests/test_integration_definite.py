@@ -61,6 +61,7 @@ DEFINITE_CASES = [
     # kinks (abs), also at points that are no bound and no midpoint
     (d("abs(x - 1/3)", "0", "1"), "5/18", True), (d("abs(sin(x))", "0", "2*pi"), "4", True),
     (d("log(abs(x))", "-1", "2"), "2*log(2) - 3", True),
+    (d("abs(x - 1)", "0", "4"), "5", True), (d("abs(x - 1/2)", "0", "2"), "5/4", True),  # a kink right at a sample
     # not integrable, complex on the interval, or not a number: always False
     (d("1/x", "0", "1"), "100", False), (d("1/x**2", "-1", "1"), "-2", False), (d("tan(x)", "0", "2"), "1", False),
     (d("sqrt(x)", "-1", "1"), "2/3", False), (d("x", "0", "1"), "x/2", False), (d("x", "0", "1"), "1/2 + C", True),
@@ -113,7 +114,7 @@ INFINITE_CASES = [
     (d("log(x)/(1 + x**2)", "0", "oo"), "0", True), (d("log(x)/(1 + x**2)", "0", "oo"), "1/10**6", False),
     # kinks, at the centre of [-oo, oo] and further out
     (d("exp(-abs(x))", "-oo", "oo"), "2", True), (d("abs(x - 3)*exp(-x)", "0", "oo"), "2 + 2*exp(-3)", True),
-    (d("abs(x - 3)*exp(-x)", "0", "oo"), "2", False),
+    (d("abs(x - 3)*exp(-x)", "0", "oo"), "2", False), (d("abs(x - 8)*exp(-x)", "0", "oo"), "7 + 2*exp(-8)", True),
     # not integrable at infinity (t*|f(t)| does not shrink; sin(x) has no limit): False whatever the answer
     *[(d(f, a, b), v, False) for f, a, b in [("1/x", "1", "oo"), ("1/sqrt(x)", "1", "oo"), ("sin(x)", "0", "oo"),
                                              ("exp(x)", "0", "oo"), ("1/(x*log(x))", "2", "oo"), ("x", "-oo", "oo"),
