@@ -2,9 +2,10 @@
 Safe on hostile text: nothing here executes the text or hands it to sympy's parser.
 
 The language: sympy-style expressions in x with + - * / ** (or ^), parentheses, integer and decimal
-numbers, pi, E, C (a constant of integration, read as 0) and a fixed list of functions (FUNCTIONS,
-plus ln and Abs as aliases). Everything else (names, attributes, strings, unicode, oo, I,
-Integral, ...) is rejected before parsing.
+numbers, pi, E (also spelled e), C (a constant of integration, read as 0) and a fixed list of
+functions (FUNCTIONS, plus the ALIASES ln, Abs, arctan, arsinh, arcsinh, ...). Everything else
+(names, attributes, strings, unicode, oo, I, Integral, ...) is rejected before parsing; oo is
+accepted only as a whole bound of a definite integral, by tasks/definite.py, never in here.
 
   tokenize(text) -> [(kind, value)] | None    the whitelisting tokenizer; None for anything outside
                                               the language or over a size limit (MAX_CHARS,
@@ -47,7 +48,11 @@ from fractions import Fraction
 
 FUNCTIONS = ("sin cos tan sec csc cot asin acos atan acot asec acsc sinh cosh tanh sech csch coth "
              "asinh acosh atanh acoth asech acsch exp log sqrt cbrt abs").split()
-ALIASES = {"ln": "log", "Abs": "abs"}   # ln appears in RLSR's own prompt example; Abs is sympy's name
+INVERSES = [f for f in FUNCTIONS if f.startswith("a") and f != "abs"]  # asin ... acsch
+# ln appears in RLSR's own prompt example, Abs is sympy's name, the rest are textbook spellings (arctan,
+# arsinh, arcsinh); x is the only variable, so a bare e can only be Euler's number
+ALIASES = {"ln": "log", "Abs": "abs", "e": "E", **{"arc" + f[1:]: f for f in INVERSES},
+           **{"ar" + f[1:]: f for f in INVERSES if f.endswith("h")}}
 CONSTANTS = {"pi": ("pi",), "E": ("E",), "C": ("num", Fraction(0))}  # C: a constant of integration
 MAX_CHARS = 1000     # longer answers are rejected outright
 MAX_TOKENS = 400     # ... as are answers with more tokens

@@ -2,9 +2,10 @@
 
 An indefinite problem is {"integrand": "x*sin(x)", "antiderivative": "sin(x) - x*cos(x)"}; its
 answer is an antiderivative, checked by differentiation (tasks/checks.py). A definite problem also
-has "lower" and "upper" (constants: "0", "pi/2") and "value" ("pi/4"); its answer is a closed-form
-number, checked against a 30-digit quadrature of the integral (tasks/definite.py). The reference
-fields ("antiderivative", "value") are optional: proposed problems have none.
+has "lower" and "upper" (constants: "0", "pi/2", or a whole "oo", "-oo") and "value" ("pi/4"); its
+answer is a finite closed-form number, checked against a 30-digit quadrature of the integral
+(tasks/definite.py). The reference fields ("antiderivative", "value") are optional: proposed problems
+have none.
 
 Generated problems use the backward trick: draw a random elementary F and ask for the integral of
 F', so an elementary antiderivative always exists (atoms="elementary"), or draw integrand terms

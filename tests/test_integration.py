@@ -46,8 +46,14 @@ def test_parser_precedence_and_spellings():
     assert p("sin(x) + C") == sp.sin(X)                   # C, a constant of integration, is 0
     assert p(" ( x + 1 ) * ( x - 1 ) ") == (X + 1) * (X - 1)
     assert p("E**x*pi") == sp.pi * sp.exp(X)
+    assert p("e") == sp.E and p("2*e") == 2 * sp.E and p("e**x") == sp.exp(X) and p("e**(x*e)") == sp.exp(sp.E * X)
+    assert p("arctan(x)") == sp.atan(X) and p("arsinh(x) + arcsinh(x)") == 2 * sp.asinh(X)
+    assert p("arccosh(x) - arcosh(x)") == 0 and p("arctanh(x)") == p("artanh(x)") == sp.atanh(X)
+    for alias, name in calc.ALIASES.items():  # every alias names something the language has
+        assert name in calc.FUNCTIONS or name in calc.CONSTANTS, alias
     for bad in ["2x", "x y", "sin x", "sin(x, 2)", "log(x, 2, 3)", "1e5", "f(x)", "(x", "x)", "x,,", "",
-                "x +", "* x", "x ** ", "()", "sin()", "y", "X", "I", "e", "x = 1", "x;1", "x # 1", "x @ x",
+                "x +", "* x", "x ** ", "()", "sin()", "y", "X", "I", "e(x)", "ee", "arctan", "arctanx(x)", "x = 1",
+                "x;1", "x # 1", "x @ x",
                 "'x'", "x.real", "x[0]", "{x}", "x**(10**400)", "1/0", "x/(1-1)", "0**-1", "x**x**(2**2000)"]:
         assert calc.parse(bad) is None, bad
 
@@ -163,6 +169,41 @@ def test_verify_known_cases():
     assert it.verify({"integrand": "x"}, extract_answer("<answer> x**2/2 </answer>")) is True
     assert it.verify({"integrand": "not an integrand ("}, "x") is False
     assert it.verify({}, "x") is False and it.verify(None, "x") is False
+
+
+def test_textbook_spellings_arcsin_arsinh_and_e():
+    """arcsin ... arccsc, ar(c)sinh ... ar(c)tanh and a bare e (Euler's number) in answers and integrands."""
+    cases = [
+        ("1/(1 + x**2)", "arctan(x)", True), ("1/(1 + x**2)", "-arccot(x)", True),
+        ("1/(1 + x**2)", "arcsin(x)", False),
+        ("1/sqrt(1 - x**2)", "arcsin(x)", True), ("1/sqrt(1 - x**2)", "-arccos(x)", True),
+        ("1/sqrt(1 - x**2)", "arccos(x)", False),
+        ("1/sqrt(x**2 + 1)", "arsinh(x)", True), ("1/sqrt(x**2 + 1)", "arcsinh(x) + 3", True),
+        ("1/sqrt(x**2 + 1)", "arcosh(x)", False),
+        ("1/sqrt(x**2 - 1)", "arccosh(x)", True), ("1/sqrt(x**2 - 1)", "arcosh(x)", True),
+        ("1/sqrt(x**2 - 1)", "arsinh(x)", False),
+        ("1/(1 - x**2)", "arctanh(x)", True), ("1/(1 - x**2)", "artanh(x)", True),
+        ("1/(1 - x**2)", "arctan(x)", False),
+        ("1/(x*sqrt(x**2 - 1))", "arcsec(x)", True), ("1/(x*sqrt(x**2 - 1))", "-arccsc(x)", True),
+        ("1/(x*sqrt(x**2 - 1))", "arccsc(x)", False),
+        ("arctan(x)", "x*atan(x) - log(1 + x**2)/2", True), ("arctan(x)", "x*arctan(x) - ln(1 + x**2)/2", True),
+        ("arctan(x)", "x*arctan(x)", False),
+        # e is E: the only variable is x
+        ("exp(x)", "e**x", True), ("exp(x)", "e**(2*x)", False), ("e**x", "exp(x)", True),
+        ("e**(2*x)", "e**(2*x)/2", True),
+        ("x", "x**2/2 + e", True), ("x", "x**2/e", False), ("e*x", "E*x**2/2", True), ("e*x", "x**2/2", False),
+    ]
+    got = it.verify_many([{"integrand": f} for f, _, _ in cases], [F for _, F, _ in cases])
+    assert got == [ok for _, _, ok in cases], [c for c, g in zip(cases, got) if g != c[2]]
+    definite_cases = [("exp(x)", "0", "1", "e - 1", True), ("exp(x)", "0", "1", "e", False),
+                      ("1/x", "1", "e", "1", True), ("1/x", "1", "e", "e", False), ("log(x)", "1", "e", "1", True),
+                      ("1/sqrt(1 - x**2)", "0", "1", "arcsin(1)", True),
+                      ("1/sqrt(1 - x**2)", "0", "1", "arccos(0)/2", False)]
+    problems = [{"integrand": f, "lower": a, "upper": b} for f, a, b, _, _ in definite_cases]
+    got = it.verify_many(problems, [v for *_, v, _ in definite_cases])
+    assert got == [ok for *_, ok in definite_cases], [c for c, g in zip(definite_cases, got) if g != c[-1]]
+    assert it.canonical("arctan(x) + e") == "atan(x) + E"
+    assert it.parse_problem("integrate(arcsinh(x)*e**x, x)") == {"integrand": "exp(x)*asinh(x)"}
 
 
 # -----------------------------------------------------------------------------

@@ -61,6 +61,7 @@ DEFINITE_CASES = [
     # kinks (abs), also at points that are no bound and no midpoint
     (d("abs(x - 1/3)", "0", "1"), "5/18", True), (d("abs(sin(x))", "0", "2*pi"), "4", True),
     (d("log(abs(x))", "-1", "2"), "2*log(2) - 3", True),
+    (d("abs(x - 1)", "0", "4"), "5", True), (d("abs(x - 1/2)", "0", "2"), "5/4", True),  # a kink right at a sample
     # not integrable, complex on the interval, or not a number: always False
     (d("1/x", "0", "1"), "100", False), (d("1/x**2", "-1", "1"), "-2", False), (d("tan(x)", "0", "2"), "1", False),
     (d("sqrt(x)", "-1", "1"), "2/3", False), (d("x", "0", "1"), "x/2", False), (d("x", "0", "1"), "1/2 + C", True),
@@ -94,6 +95,83 @@ def test_integral_accuracy():
             assert found.error <= definite.TOL * found.scale, f
     assert definite.integral("1/x", "0", "1") is None       # d*|f| does not shrink at 0: not integrable
     assert definite.integral("x", "0", "pi") is definite.integral("x", "0", "pi")  # remembered
+
+
+# -----------------------------------------------------------------------------
+# infinite bounds: "oo" and "-oo", whole bounds only
+
+INFINITE_CASES = [
+    # right and wrong values
+    (d("exp(-x**2)", "0", "oo"), "sqrt(pi)/2", True), (d("exp(-x**2)", "0", "oo"), "sqrt(pi)", False),
+    (d("1/(1 + x**2)", "-oo", "oo"), "pi", True), (d("1/(1 + x**2)", "-oo", "oo"), "pi/2", False),
+    (d("x*exp(-x)", "0", "oo"), "1", True), (d("x*exp(-x)", "0", "oo"), "1 + 1/10**9", False),
+    (d("1/x**2", "1", "oo"), "1", True), (d("1/x**2", "1", "oo"), "2", False),
+    (d("exp(x)", "-oo", "0"), "1", True), (d("1/(1 + x**2)", "oo", "0"), "-pi/2", True),   # reversed bounds
+    (d("1/(1 + x**2)", "oo", "0"), "pi/2", False), (d("exp(-x**2)*cos(x)", "-oo", "oo"), "sqrt(pi)*exp(-1/4)", True),
+    (d("x**3/(exp(x) - 1)", "0", "oo"), "pi**4/15", True), (d("1/sqrt(x)/(1 + x)", "0", "oo"), "pi", True),
+    (d("atan(x)/x**2", "1", "oo"), "pi/4 + log(2)/2", True), (d("1/cosh(x)", "-oo", "oo"), "pi", True),
+    # the value 0, measured against the integral of |f| (4 * Catalan's constant here)
+    (d("log(x)/(1 + x**2)", "0", "oo"), "0", True), (d("log(x)/(1 + x**2)", "0", "oo"), "1/10**6", False),
+    # kinks, at the centre of [-oo, oo] and further out
+    (d("exp(-abs(x))", "-oo", "oo"), "2", True), (d("abs(x - 3)*exp(-x)", "0", "oo"), "2 + 2*exp(-3)", True),
+    (d("abs(x - 3)*exp(-x)", "0", "oo"), "2", False), (d("abs(x - 8)*exp(-x)", "0", "oo"), "7 + 2*exp(-8)", True),
+    # not integrable at infinity (t*|f(t)| does not shrink; sin(x) has no limit): False whatever the answer
+    *[(d(f, a, b), v, False) for f, a, b in [("1/x", "1", "oo"), ("1/sqrt(x)", "1", "oo"), ("sin(x)", "0", "oo"),
+                                             ("exp(x)", "0", "oo"), ("1/(x*log(x))", "2", "oo"), ("x", "-oo", "oo"),
+                                             ("1/(1 + exp(x))", "-oo", "oo"), ("cos(x)", "-oo", "0")]
+      for v in ("0", "1", "2", "pi/2", "-1")],
+    # oo is a whole bound, never part of one, of an integrand or of an answer
+    (d("exp(-x**2)", "0", "2*oo"), "sqrt(pi)/2", False), (d("exp(-x**2)", "0", "oo + 1"), "sqrt(pi)/2", False),
+    (d("exp(-x**2)", "0", "(oo)"), "sqrt(pi)/2", False), (d("exp(-x**2)", "oo", "oo "), "0", False),
+    (d("exp(-x**2) + 0*oo", "0", "1"), "0.7468241328124270254", False), (d("exp(-x/oo)", "0", "1"), "1", False),
+    (d("exp(-x**2)", "0", "oo"), "oo", False), (d("exp(-x**2)", "0", "oo"), "sqrt(pi)/2 + 1/oo", False),
+    (d("1/x", "1", "oo"), "oo", False),
+]
+
+
+def test_infinite_bounds_right_and_wrong_values():
+    problems, answers, want = zip(*INFINITE_CASES)
+    start = time.perf_counter()
+    got = it.verify_many(list(problems), list(answers))
+    assert list(got) == list(want), [(p, a) for p, a, w, g in zip(problems, answers, want, got) if w != g]
+    assert time.perf_counter() - start < 0.5 * len(problems)  # each well under the 2 s limit
+
+
+def test_infinite_bounds_accuracy_and_integrability_at_infinity():
+    """The same 30 digits on infinite intervals; integrability at infinity decided by where f evaluates."""
+    assert definite.bounds("0", "oo") == (("num", 0), definite.INFINITE["oo"])
+    for bad in [("0", "2*oo"), ("-(oo)", "0"), ("oo", " oo"), ("0", "+oo"), ("x", "oo")]:
+        assert definite.bounds(*bad) is None, bad
+    assert calc.parse("oo") is None and calc.parse("-oo") is None and calc.parse("x + oo") is None
+    with mpmath.workdps(40):
+        cases = [("exp(-x**2)", "0", "oo", mpmath.sqrt(mpmath.pi) / 2), ("1/(1 + x**2)", "-oo", "oo", mpmath.pi),
+                 ("x**5*exp(-x)", "0", "oo", mpmath.mpf(120)), ("exp(-x)/x", "1", "oo", mpmath.e1(1)),
+                 ("log(x)/(1 + x**2)", "0", "oo", mpmath.mpf(0))]
+        for f, a, b, exact in cases:
+            found = definite.integral(f, a, b)
+            assert found is not None, f
+            assert abs(found.value - exact) <= 1e-25 * found.scale, (f, found.value)
+    # t*|f(t)| shrinks: 1/x**2 and exp(-x**2) (f evaluates only out to t = 16) are integrable, 1/x,
+    # 1/sqrt(x), 1/(x*log(x)), sin(x) and exp(x) (judged where it evaluates, t <= 256) are not
+    for f in ["1/x", "1/sqrt(x)", "1/(x*log(x))", "sin(x)", "exp(x)", "1 + exp(-x)", "1/x + 1/x**2"]:
+        assert definite.integral(f, "2", "oo") is None, f
+        assert definite.integral(f.replace("x", "(-x)"), "-oo", "-2") is None, f
+
+
+def test_infinite_bounds_stay_time_bounded():
+    """mpmath.quad maps an infinite interval itself; every node it asks for is still under the deadline."""
+    # integrable both ways, but oscillating too fast to converge: 2 to 3 s of quadrature without a deadline
+    slow = " + ".join(f"sin({k}*x**3 + {k})*exp(-x**2/{k + 1})*cos(x + {k})" for k in range(1, 12))
+    for lower, upper in [("0", "oo"), ("oo", "0"), ("-oo", "oo")]:
+        start = time.perf_counter()
+        assert definite.integral(slow, lower, upper, deadline=time.monotonic() + 0.3) is None
+        assert time.perf_counter() - start < 0.3 + 0.2
+    for problem in [d(slow, "0", "oo"), d("sin(x**7)*cos(x**5)/(1 + x**2)", "-oo", "oo"),
+                    d("abs(sin(x**2))*exp(-x**2/10**6)", "-oo", "oo"), d("x**x*exp(-x**2)", "0", "oo")]:
+        for answer in ["1", "0", "pi"]:
+            start = time.perf_counter()
+            assert it.verify(problem, answer) is False, problem
+            assert time.perf_counter() - start < it.TIMEOUT + SLACK, problem
 
 
 # -----------------------------------------------------------------------------
