@@ -54,7 +54,8 @@ def test_integration_pipeline_runs_end_to_end(tmp_path):
     meta = json.loads((out / "nano_rlsr.json").read_text())
     build = load_build_tiny()
     assert meta["task"] == "integration" and meta["prompt_style"] == "compact"
-    assert meta["difficulty"] == build.INTEGRATION_DIFFICULTY
+    assert meta["difficulty"] == build.INTEGRATION_DIFFICULTY  # RL's: a term more than the data's
+    assert meta["bootstrap"]["difficulty"] == build.INTEGRATION_SFT_DIFFICULTY
     assert meta["train_defaults"] == build.INTEGRATION_TRAIN_DEFAULTS
     heldout = meta["heldout"]  # --quick: 3 own-sample rounds, measured on 30 held-out problems
     assert heldout["n"] == 30 and len(meta["bootstrap"]["rounds"]) == 3 and meta["bootstrap"]["stage1_examples"] > 0
@@ -65,6 +66,19 @@ def test_integration_pipeline_runs_end_to_end(tmp_path):
     assert loaded["task"] == "integration"
     assert os.path.getsize(out / "model.safetensors") <= 20e6
     assert not os.path.exists(str(out) + ".work")  # scratch removed
+    # --measure-only measures the folder again and rewrites its record, weights untouched
+    weights = (out / "model.safetensors").read_bytes()
+    meta["heldout"] = {"n": 0}
+    (out / "nano_rlsr.json").write_text(json.dumps(meta))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "build_tiny.py"), "--task", "integration",
+                           "--quick", "--out", str(out), "--measure-only"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads((out / "nano_rlsr.json").read_text())
+    assert again["heldout"]["n"] == 30 and again["bootstrap"] == meta["bootstrap"]
+    assert (out / "model.safetensors").read_bytes() == weights
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "build_tiny.py"), "--out", str(out),
+                           "--measure-only"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 2 and "a model for another task than countdown" in proc.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.skipif(not os.path.isdir(SHIPPED), reason="assets/tiny-integration is not built")
