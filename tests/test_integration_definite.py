@@ -70,8 +70,9 @@ DEFINITE_CASES = [
 ]
 
 
-def test_definite_checks_right_and_wrong_values():
-    problems, answers, want = zip(*DEFINITE_CASES)
+@pytest.mark.parametrize("cases", ["finite", "infinite"])
+def test_definite_checks_right_and_wrong_values(cases):
+    problems, answers, want = zip(*{"finite": DEFINITE_CASES, "infinite": INFINITE_CASES}[cases])
     start = time.perf_counter()
     got = it.verify_many(list(problems), list(answers))
     assert list(got) == list(want), [(p, a) for p, a, w, g in zip(problems, answers, want, got) if w != g]
@@ -127,14 +128,6 @@ INFINITE_CASES = [
     (d("exp(-x**2)", "0", "oo"), "oo", False), (d("exp(-x**2)", "0", "oo"), "sqrt(pi)/2 + 1/oo", False),
     (d("1/x", "1", "oo"), "oo", False),
 ]
-
-
-def test_infinite_bounds_right_and_wrong_values():
-    problems, answers, want = zip(*INFINITE_CASES)
-    start = time.perf_counter()
-    got = it.verify_many(list(problems), list(answers))
-    assert list(got) == list(want), [(p, a) for p, a, w, g in zip(problems, answers, want, got) if w != g]
-    assert time.perf_counter() - start < 0.5 * len(problems)  # each well under the 2 s limit
 
 
 def test_infinite_bounds_accuracy_and_integrability_at_infinity():
