@@ -225,6 +225,10 @@ class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if "default" in action.help else super()._get_help_string(action)
 
 
+# answer and judge budgets when neither a flag nor the model folder's train_defaults sets them
+EVAL_DEFAULTS = dict(max_new_tokens=256, judge_max_new_tokens=256, judge_temperature=1.0)
+
+
 def main(argv=None):
     ap = Parser(description="Measure checkpoints: verifier accuracy (mean@k, pass@k), format "
                                              "rate, lengths, and the model's agreement as a judge of its samples.",
@@ -241,10 +245,13 @@ def main(argv=None):
                     help="split of generated problems, or bee: integration's fixed Integration Bee-style set")
     ap.add_argument("--seed", type=int, default=0, help="seed of the problems and the sampling")
     ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
-    ap.add_argument("--max-new-tokens", type=int, default=256, help="longest answer, in tokens")
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help="longest answer, in tokens (default: the model folder's RL setting, else 256)")
     ap.add_argument("--judge-samples", type=int, default=1, help="verdicts per judged answer (0: skip the judge)")
-    ap.add_argument("--judge-temperature", type=float, default=1.0, help="judge sampling temperature")
-    ap.add_argument("--judge-max-new-tokens", type=int, default=256, help="longest judge output, in tokens")
+    ap.add_argument("--judge-temperature", type=float, default=None,
+                    help="judge sampling temperature (default: the model folder's RL setting, else 1.0)")
+    ap.add_argument("--judge-max-new-tokens", type=int, default=None,
+                    help="longest judge output, in tokens (default: the model folder's RL setting, else 256)")
     ap.add_argument("--prompt-style", default="", metavar="STYLE",
                     help="prompt style (default: the model folder's nano_rlsr.json, else full)")
     ap.add_argument("--self-correct", action="store_true",
@@ -267,9 +274,9 @@ def main(argv=None):
         if getattr(args, name) < 1 and not (name == "n" and args.problems):
             ap.error(f"--{name} must be >= 1 (an empty problem set has nothing to measure)")
     for name in ("max_new_tokens", "judge_max_new_tokens"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.temperature < 0 or args.judge_temperature < 0 or args.judge_samples < 0:
+    if args.temperature < 0 or (args.judge_temperature or 0) < 0 or args.judge_samples < 0:
         ap.error("temperatures and --judge-samples must be >= 0")
     if args.max_turns < 0:
         ap.error("--max-turns must be >= 0")
@@ -298,26 +305,31 @@ def main(argv=None):
             model, tok, meta = load_checkpoint(path, device, dtype)
         except CheckpointError as e:
             sys.exit(f"error: {e}")
+        # unset flags: the settings the model folder's RL runs use (its train_defaults), else EVAL_DEFAULTS
+        given = {k: getattr(args, k) for k in EVAL_DEFAULTS}
+        settings = {k: v if v is not None else meta.get("train_defaults", {}).get(k, EVAL_DEFAULTS[k])
+                    for k, v in given.items()}
         limit = model.config.max_position_embeddings
-        if max(args.max_new_tokens, args.judge_max_new_tokens) >= limit:
+        if max(settings["max_new_tokens"], settings["judge_max_new_tokens"]) >= limit:
             sys.exit(f"error: {path}: the model has only {limit} positions; lower --max-new-tokens "
                      f"and --judge-max-new-tokens")
         style = args.prompt_style or meta.get("prompt_style", "full")
         if args.self_correct:  # the model's own [VERIFY] verdicts are the judge here
             r = evaluate_self_correct(model, tok, task, problems, max_turns=args.max_turns,
-                                      temperature=args.temperature, max_new_tokens=args.max_new_tokens, style=style,
+                                      temperature=args.temperature, max_new_tokens=settings["max_new_tokens"],
+                                      style=style,
                                       seed=args.seed, batch_size=args.batch_size, intrinsic=args.intrinsic)
-            results.append({"model": os.path.abspath(path), "prompt_style": style, **r})
+            results.append({"model": os.path.abspath(path), "prompt_style": style, **settings, **r})
             del model
             continue
         judge = None
         if args.judge_samples:
-            judge = Judge(model, tok, task, samples=args.judge_samples, temperature=args.judge_temperature,
-                          max_new_tokens=args.judge_max_new_tokens, style=style, batch_size=args.batch_size)
+            judge = Judge(model, tok, task, samples=args.judge_samples, temperature=settings["judge_temperature"],
+                          max_new_tokens=settings["judge_max_new_tokens"], style=style, batch_size=args.batch_size)
         r = evaluate(model, tok, task, problems, samples=args.samples, temperature=args.temperature,
-                     max_new_tokens=args.max_new_tokens, style=style, seed=args.seed, judge=judge,
+                     max_new_tokens=settings["max_new_tokens"], style=style, seed=args.seed, judge=judge,
                      batch_size=args.batch_size)
-        results.append({"model": os.path.abspath(path), "prompt_style": style, **r})
+        results.append({"model": os.path.abspath(path), "prompt_style": style, **settings, **r})
         del model
 
     print((format_self_correct_table if args.self_correct else format_table)(names, results))

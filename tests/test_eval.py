@@ -124,3 +124,23 @@ def test_bee_split_takes_the_whole_bee_set_and_is_integrations_alone(tiny_ckpt, 
     with pytest.raises(SystemExit):
         ev.main(["--model", tiny_ckpt, "--split", "bee"])
     assert "--split bee: only the integration task has a Bee set" in capsys.readouterr().err
+
+
+def test_unset_budgets_come_from_the_model_folder_then_the_flags(tiny_ckpt, tmp_path):
+    import shutil
+    model = tmp_path / "m"
+    shutil.copytree(tiny_ckpt, model)
+    (model / "nano_rlsr.json").write_text(json.dumps({"task": "countdown", "train_defaults": {
+        "max_new_tokens": 5, "judge_max_new_tokens": 7, "judge_temperature": 0.0, "lr": 1.0}}))
+    out = tmp_path / "r.json"
+    ev.main(["--model", str(model), "--n", "2", "--out", str(out)])
+    r = json.loads(out.read_text())["results"][0]
+    assert (r["max_new_tokens"], r["judge_max_new_tokens"], r["judge_temperature"]) == (5, 7, 0.0)
+    assert r["mean_length"] <= 5  # the folder's answer budget was used
+    ev.main(["--model", str(model), "--n", "2", "--max-new-tokens", "3", "--judge-temperature", "0.5",
+             "--out", str(out)])
+    r = json.loads(out.read_text())["results"][0]
+    assert (r["max_new_tokens"], r["judge_max_new_tokens"], r["judge_temperature"]) == (3, 7, 0.5)
+    ev.main(["--model", tiny_ckpt, "--n", "1", "--max-new-tokens", "4", "--out", str(out)])  # no folder settings
+    r = json.loads(out.read_text())["results"][0]
+    assert (r["judge_max_new_tokens"], r["judge_temperature"]) == (ev.EVAL_DEFAULTS["judge_max_new_tokens"], 1.0)
