@@ -184,21 +184,26 @@ def pct(ms):
 
 
 def table(summary, args) -> str:
-    lines = ["| condition | seeds | held-out start | held-out final | peak | gain (points) | "
-             "judge precision / recall on own samples (whole run; first -> last window) | self-proposed share | "
-             "admitted / trained problems solvable |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """The markdown table; the self-proposed columns only when a condition proposes its problems."""
+    proposing = any(k in r for r in summary.values() for k in ("self_share", "admitted_solvable"))
+    head = ("| condition | seeds | held-out start | held-out final | peak | gain (points) | "
+            "judge precision / recall on own samples (whole run; first -> last window) |")
+    if proposing:
+        head += " self-proposed share | admitted / trained problems solvable |"
+    lines = [head, "|" + "---|" * head.count(" |")]
     for name, r in summary.items():
         j = "–"
         if "judge" in r:
             fw, lw = r["judge_first_window"], r["judge_last_window"]
             j = (f"{r['judge']['precision']:.2f} / {r['judge']['recall']:.2f} "
                  f"({fw['precision'][0]:.2f} / {fw['recall'][0]:.2f} -> {lw['precision'][0]:.2f} / {lw['recall'][0]:.2f})")
-        share, admitted, trained = (pct(r[k]) if k in r else "–" for k in ("self_share", "admitted_solvable",
-                                                                              "trained_solvable"))
-        solvable = admitted if trained == "–" else f"{admitted} / {trained}"
-        lines.append(f"| {LABELS[name]} | {r['seeds']} | {pct(r['start'])} | {pct(r['final'])} | {pct(r['peak'])} | "
-                     f"{pct(r['gain'])} | {j} | {share} | {solvable} |")
+        line = (f"| {LABELS[name]} | {r['seeds']} | {pct(r['start'])} | {pct(r['final'])} | {pct(r['peak'])} | "
+                f"{pct(r['gain'])} | {j} |")
+        if proposing:
+            share, admitted, trained = (pct(r[k]) if k in r else "–" for k in ("self_share", "admitted_solvable",
+                                                                                  "trained_solvable"))
+            line += f" {share} | {admitted if trained == '–' else f'{admitted} / {trained}'} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -228,7 +233,8 @@ def verdict(summary, task="countdown") -> list[str]:
                            "judge precision >= 0.8": r.get("judge", {}).get("precision", 0) >= 0.8,
                            "solvable >= 90%": r.get("admitted_solvable", (0, 0))[0] >= 0.9,
                            "self-proposed >= 90%": r.get("self_share", (0, 0))[0] >= 0.9})
-        share = f"{g / base:.0%}" if base > 0 else "n/a (the verifier run did not gain)"
+        meaningful = base > 0 and base >= (goal.get("verifier_gain") or 0)
+        share = f"{g / base:.0%}" if meaningful else "n/a (the verifier's gain is below its goal)"
         missed = [k for k, ok in checks.items() if not ok]
         out.append(f"{LABELS[name]}: gain {100 * g:+.1f} points = {share} of the verifier's {100 * base:+.1f} -> "
                    f"goal ({', '.join(checks)}) " + ("met" if not missed else f"NOT met ({', '.join(missed)})"))
