@@ -100,7 +100,10 @@ def test_quick_experiment_end_to_end(tmp_path, tiny_ckpt):
     verifier = [json.loads(x) for x in (out / "verifier-s0" / "metrics.jsonl").read_text().splitlines()]
     assert all("judge_tp" in m for m in live if "reward_mean" in m)
     assert not any("judge_tp" in m for m in verifier) and "judge" not in result["summary"]["verifier"]
-    assert (out / "results.md").read_text().startswith("| condition |")
+    md = (out / "results.md").read_text()
+    assert md.startswith("| condition |") and "self-proposed share" not in md  # no condition proposed here
+    summary = {"self": {**result["summary"]["live"], "self_share": (1.0, 0.0)}}
+    assert "self-proposed share" in rlsr.table(summary, None).splitlines()[0]
     # a second call reuses the finished runs instead of training again
     mtime = os.path.getmtime(out / "live-s0" / "metrics.jsonl")
     rlsr.main(["--quick", "--seeds", "0", "--model", str(tiny_ckpt), "--out", str(out), "--conditions", "verifier",
