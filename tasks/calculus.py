@@ -385,6 +385,10 @@ def mp_lib(dps=40):
         # exp and friends of a huge argument would build numbers with astronomically many digits
         return lambda z: fn(z) if abs(mpmath.re(z)) < 300 else (_ for _ in ()).throw(BadPoint())
 
+    def exp(z):
+        # below e**-300 the value is 0 to any digits a check uses (and exp(x - 1000) is no undefined point)
+        return mpmath.mpc(0) if mpmath.re(z) <= -300 else growth(mpmath.exp)(z)
+
     def bounded(fn):
         # trig functions of a huge argument need as many digits as the argument has bits
         return lambda z: fn(z) if abs(z) < big else (_ for _ in ()).throw(BadPoint())
@@ -420,7 +424,7 @@ def mp_lib(dps=40):
         csc=bounded(mpmath.csc), cot=bounded(mpmath.cot),
         asin=mpmath.asin, acos=mpmath.acos, atan=mpmath.atan, acot=mpmath.acot,
         sinh=growth(mpmath.sinh), cosh=growth(mpmath.cosh), tanh=mpmath.tanh, asinh=mpmath.asinh,
-        acosh=mpmath.acosh, atanh=mpmath.atanh, exp=growth(mpmath.exp), log=mpmath.log, sqrt=mpmath.sqrt,
+        acosh=mpmath.acosh, atanh=mpmath.atanh, exp=exp, log=mpmath.log, sqrt=mpmath.sqrt,
         abs=nearly_real_abs, log2=lambda a, b: mpmath.log(a) / mpmath.log(b),
         cbrt=lambda z: power(z, mpmath.mpf(1) / 3), **_reciprocals(mpmath),
         eval=evaluate, point=mpmath.mpc, eps=mpmath.mpf(10) ** (-dps + 2), dps=dps,

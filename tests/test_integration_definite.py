@@ -40,6 +40,8 @@ DEFINITE_CASES = [
     # plain values, right and wrong
     (d("x**2", "0", "1"), "1/3", True), (d("x**2", "0", "1"), "1/2", False), (d("x**2", "0", "1"), "0.3333", False),
     (d("x", "1", "0"), "-1/2", True),                         # reversed bounds
+    (d("1 + exp(x - 1000)", "0", "1"), "1", True),            # an underflowing term is ~0, not undefined
+    (d("1 + exp(x - 1000)", "0", "1"), "0", False),
     (d("sin(x)**2*cos(x)**3", "-pi/2", "pi/2"), "4/15", True),
     (d("sin(x)**2*cos(x)**3", "-pi/2", "pi/2"), "8/15", False),
     (d("exp(x)", "0", "log(2)"), "1", True), (d("1/x", "1", "E"), "1", True), (d("1/x", "1", "E"), "E - 1", False),
