@@ -404,7 +404,10 @@ def mp_lib(dps=40):
             if mpmath.re(b) > 0:
                 return mpmath.mpc(0)
             raise BadPoint
-        if abs(mpmath.re(b * mpmath.log(a))) > 300:
+        size = mpmath.re(b * mpmath.log(a))  # log |a**b|
+        if size < -300:
+            return mpmath.mpc(0)  # as exp: below e**-300 it is 0 to any digits a check uses
+        if size > 300:
             raise BadPoint
         return mpmath.power(a, b)
 

@@ -42,6 +42,7 @@ DEFINITE_CASES = [
     (d("x", "1", "0"), "-1/2", True),                         # reversed bounds
     (d("1 + exp(x - 1000)", "0", "1"), "1", True),            # an underflowing term is ~0, not undefined
     (d("1 + exp(x - 1000)", "0", "1"), "0", False),
+    (d("1 + x**(-2000)", "2", "3"), "1", True), (d("1 + x**(-2000)", "2", "3"), "0", False),
     (d("sin(x)**2*cos(x)**3", "-pi/2", "pi/2"), "4/15", True),
     (d("sin(x)**2*cos(x)**3", "-pi/2", "pi/2"), "8/15", False),
     (d("exp(x)", "0", "log(2)"), "1", True), (d("1/x", "1", "E"), "1", True), (d("1/x", "1", "E"), "E - 1", False),
