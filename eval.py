@@ -229,6 +229,13 @@ class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
 EVAL_DEFAULTS = dict(max_new_tokens=256, judge_max_new_tokens=256, judge_temperature=1.0)
 
 
+def budgets(args, meta) -> dict:
+    """EVAL_DEFAULTS' settings for one model: the flag where given, else the model folder's RL setting
+    (its train_defaults, as train.py reads them), else EVAL_DEFAULTS."""
+    folder = meta.get("train_defaults", {})
+    return {k: getattr(args, k) if getattr(args, k) is not None else folder.get(k, v) for k, v in EVAL_DEFAULTS.items()}
+
+
 def main(argv=None):
     ap = Parser(description="Measure checkpoints: verifier accuracy (mean@k, pass@k), format "
                                              "rate, lengths, and the model's agreement as a judge of its samples.",
@@ -305,10 +312,7 @@ def main(argv=None):
             model, tok, meta = load_checkpoint(path, device, dtype)
         except CheckpointError as e:
             sys.exit(f"error: {e}")
-        # unset flags: the settings the model folder's RL runs use (its train_defaults), else EVAL_DEFAULTS
-        given = {k: getattr(args, k) for k in EVAL_DEFAULTS}
-        settings = {k: v if v is not None else meta.get("train_defaults", {}).get(k, EVAL_DEFAULTS[k])
-                    for k, v in given.items()}
+        settings = budgets(args, meta)
         limit = model.config.max_position_embeddings
         if max(settings["max_new_tokens"], settings["judge_max_new_tokens"]) >= limit:
             sys.exit(f"error: {path}: the model has only {limit} positions; lower --max-new-tokens "
@@ -317,8 +321,7 @@ def main(argv=None):
         if args.self_correct:  # the model's own [VERIFY] verdicts are the judge here
             r = evaluate_self_correct(model, tok, task, problems, max_turns=args.max_turns,
                                       temperature=args.temperature, max_new_tokens=settings["max_new_tokens"],
-                                      style=style,
-                                      seed=args.seed, batch_size=args.batch_size, intrinsic=args.intrinsic)
+                                      style=style, seed=args.seed, batch_size=args.batch_size, intrinsic=args.intrinsic)
             results.append({"model": os.path.abspath(path), "prompt_style": style, **settings, **r})
             del model
             continue

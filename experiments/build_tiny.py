@@ -190,8 +190,6 @@ def main():
         meta = read_meta(args.out)
         if meta.get("task", "countdown") != args.task:
             ap.error(f"--measure-only: {args.out} is a model for another task than {args.task}")
-        if args.sft_difficulty != args.difficulty:
-            meta.setdefault("bootstrap", {})["difficulty"] = args.sft_difficulty
         measure_and_record(args, tasks.get(args.task), Tokenizer.from_pretrained(args.out), meta)
         return
     torch.manual_seed(args.seed)
@@ -278,8 +276,6 @@ def build_rounds(args, task, problems, rng, work, t0, prev, tok, meta):
     meta["built_by"] = "python experiments/build_tiny.py " + " ".join(sys.argv[1:])
     seconds = round(time.time() - t0) + (meta.get("bootstrap", {}).get("seconds", 0) if args.continue_from else 0)
     meta["bootstrap"] = {**meta.get("bootstrap", {}), "rounds": own_stats, "seconds": seconds}
-    if args.sft_difficulty != args.difficulty:
-        meta["bootstrap"]["difficulty"] = args.sft_difficulty
     measure_and_record(args, task, tok, meta)
     if not args.work:
         shutil.rmtree(work)
@@ -302,6 +298,8 @@ def measure_and_record(args, task, tok, meta):
     else:
         proposals = measure_plain_proposals(task, model, tok, test)
     meta["difficulty"], meta["train_defaults"] = args.difficulty, args.train_defaults
+    if args.sft_difficulty != args.difficulty:  # the data's, when RL's differs
+        meta.setdefault("bootstrap", {})["difficulty"] = args.sft_difficulty
     meta["heldout"] = {"n": args.eval_n, "accuracy_t1": result["mean@1"], "accuracy_greedy": greedy["mean@1"],
                        **{k: v for k, v in result.items() if k.startswith("judge_")}, "proposals": proposals}
     with open(os.path.join(args.out, "nano_rlsr.json"), "w") as f:

@@ -6,8 +6,8 @@
     python experiments/rlsr.py --quick              # a minute-sized smoke run of the same script
     python experiments/rlsr.py --task integration   # the integration table (verifier, frozen, live)
 
-From the same start (the task's embedded tiny model, assets/tiny-<task>) and with equal budgets (same steps, problems per
-step, rollouts, learning rate), per seed:
+From the same start (the task's embedded tiny model, assets/tiny-<task>) and with equal budgets
+(same steps, problems per step, rollouts, learning rate), per seed:
   none           no RL: the start model evaluated on the seed's held-out problems
   verifier       reward = the formal checker (the paper's "formal verification" baseline)
   frozen         self reward, judged by the frozen initial model
@@ -219,8 +219,8 @@ def verdict(summary, task="countdown") -> list[str]:
     out = []
     if goal.get("verifier_gain") is not None:
         ok = base >= goal["verifier_gain"]
-        out.append(f"{LABELS['verifier']}: gain {100 * base:+.1f} points -> goal (>= +{100 * goal['verifier_gain']:.0f}) "
-                   + ("met" if ok else "NOT met"))
+        out.append(f"{LABELS['verifier']}: gain {100 * base:+.1f} points -> "
+                   f"goal (>= +{100 * goal['verifier_gain']:.0f}) " + ("met" if ok else "NOT met"))
     for name in ("frozen", "live", "self", "self-proposer"):
         if name not in summary:
             continue
@@ -265,7 +265,8 @@ def plot(runs, path, task="countdown") -> bool:
             for key, style in (("precision", "-"), ("recall", "--")):
                 vals = [mean_std([c["judge"][i][key] for c in per_seed])[0] for i in range(len(js))]
                 ax2.plot(js, vals, style, marker=".", color=colors[name], label=f"{name} {key}")
-    ax1.set(xlabel="RL step", ylabel="held-out accuracy (%, greedy)", title=f"{task.capitalize()}, tiny model (mean, min-max band)")
+    ax1.set(xlabel="RL step", ylabel="held-out accuracy (%, greedy)",
+            title=f"{task.capitalize()}, tiny model (mean, min-max band)")
     ax2.set(xlabel="RL step", ylabel="vs the verifier", ylim=(0, 1),
             title="judge on the policy's own samples (per eval window)")
     for ax in (ax1, ax2):
@@ -296,8 +297,8 @@ def main(argv=None):
     md = table(summary, args)
     goal = verdict(summary, args.task)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"task": args.task, "seeds": args.seeds, "train_args": args.train_args, "summary": summary, "curves": runs,
-                   "goal": goal, "seconds": time.time() - t0}, f, indent=1)
+        json.dump({"task": args.task, "seeds": args.seeds, "train_args": args.train_args, "summary": summary,
+                   "curves": runs, "goal": goal, "seconds": time.time() - t0}, f, indent=1)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md + "\n\n" + "\n".join(f"- {g}" for g in goal) + "\n")
     print(md)

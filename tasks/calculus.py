@@ -385,9 +385,11 @@ def mp_lib(dps=40):
         # exp and friends of a huge argument would build numbers with astronomically many digits
         return lambda z: fn(z) if abs(mpmath.re(z)) < 300 else (_ for _ in ()).throw(BadPoint())
 
+    grown_exp = growth(mpmath.exp)
+
     def exp(z):
         # below e**-300 the value is 0 to any digits a check uses (and exp(x - 1000) is no undefined point)
-        return mpmath.mpc(0) if mpmath.re(z) <= -300 else growth(mpmath.exp)(z)
+        return mpmath.mpc(0) if mpmath.re(z) <= -300 else grown_exp(z)
 
     def bounded(fn):
         # trig functions of a huge argument need as many digits as the argument has bits

@@ -35,8 +35,9 @@ end's, t*|f(t)| must shrink: f is probed at t = 2, 4, ..., 2**66 (about 1e20) ou
 the furthest 2**33-fold range of probes where f evaluates, the largest t*|f| of its further half
 must be at most half the largest of its nearer half; so 1/x**2 and log(x)/(1 + x**2) pass while 1/x,
 1/sqrt(x), 1/(x*log(x)) and sin(x) (no limit) do not. Where f evaluates, not fixed probes, because
-past the reach of exp (BadPoint) f is not evaluated at all: exp(-x**2) is judged on [3, 17], exp(x)
-on [3, 257]. Oscillating tails that do converge (sin(x)/x) fail this or the quadrature: False.
+where f overflows (exp of a large argument, a huge power: BadPoint) it is not evaluated at all: exp(x)
+is judged on [3, 257] (a term below e**-300 is 0, so exp(-x**2) evaluates at every probe).
+Oscillating tails that do converge (sin(x)/x) fail this or the quadrature: False.
 
 The answer is accepted iff |answer - I| + the quadrature's error estimate <= TOL * the integral of
 |f| (computed at low precision): the integral of |f| is the scale the digits of I are measured
