@@ -77,10 +77,7 @@ TASK_SETTINGS = {
     "integration": dict(folder="tiny-integration", difficulty=INTEGRATION_DIFFICULTY,
                         sft_difficulty=INTEGRATION_SFT_DIFFICULTY,
                         train_defaults=INTEGRATION_TRAIN_DEFAULTS, answer_tokens=160, judge_tokens=192, max_len=384,
-                        epochs=2,  # ~4 examples per problem, each 2-3x a Countdown one: 2 epochs fit in ~30 min
-                        # after 3 rounds on two-term answers the judge passed 87 of 157 wrong three-term ones:
-                        # the last rounds judge its answers at the folder's difficulty, the answers RL scores
-                        rounds=5, folder_difficulty_rounds=2),
+                        epochs=2),  # ~4 examples per problem, each 2-3x a Countdown one: 2 epochs fit in ~30 min
 }
 
 
@@ -153,8 +150,7 @@ def main():
     ap.add_argument("--work", default="", help="scratch folder (default: OUT.work, removed at the end)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--problems", type=int, default=16000, help="stage-1 training problems")
-    ap.add_argument("--rounds", type=int, default=None,
-                    help="rounds of judge training on the model's own samples (default: countdown 3, integration 5)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of judge training on the model's own samples")
     ap.add_argument("--round-problems", type=int, default=3000, help="problems the model solves in each round")
     ap.add_argument("--round-samples", type=int, default=2, help="own samples per problem in each round")
     ap.add_argument("--round-proposals", type=int, default=1500,
@@ -179,9 +175,6 @@ def main():
     args.difficulty, args.train_defaults = settings["difficulty"], settings["train_defaults"]
     args.sft_difficulty = settings.get("sft_difficulty", args.difficulty)
     args.epochs = args.epochs or settings.get("epochs", 4)
-    args.rounds = settings.get("rounds", 3) if args.rounds is None else args.rounds
-    # the last rounds may draw their problems at the folder's difficulty (see TASK_SETTINGS)
-    args.folder_difficulty_from = args.rounds - settings.get("folder_difficulty_rounds", 0)
     args.answer_tokens, args.judge_tokens, args.max_len = (settings[k] for k in ("answer_tokens", "judge_tokens",
                                                                                  "max_len"))
     if args.continue_from and not os.path.exists(os.path.join(args.continue_from, "nano_rlsr.json")):
@@ -256,9 +249,6 @@ def build_rounds(args, task, problems, rng, work, t0, prev, tok, meta):
         model = Qwen.from_pretrained(prev)
         if r == 0:
             round_rng, mine = rng, problems[args.problems:]
-        elif r >= max(1, args.folder_difficulty_from):  # fresh problems of the difficulty RL trains on
-            round_rng = random.Random(args.seed * 7919 + r)
-            mine = task.make_problems(args.round_problems, args.seed * 7919 + r, split="train", **args.difficulty)
         else:  # its own rng, so --continue-from gives the same round
             round_rng = random.Random(args.seed * 7919 + r)
             mine = round_rng.sample(problems, args.round_problems)
@@ -269,8 +259,7 @@ def build_rounds(args, task, problems, rng, work, t0, prev, tok, meta):
         if rows2:
             rows2 += proposal_examples(task, problems, round_rng, args.round_proposals, args.sft_difficulty)
             round_rng.shuffle(rows2)
-        own_stats.append({**own, "difficulty": args.difficulty if r >= max(1, args.folder_difficulty_from)
-                          else args.sft_difficulty})
+        own_stats.append(own)
         if not rows2:  # a model that answers nothing (a --quick build) gives nothing to learn from
             print(f"[{time.time() - t0:.0f}s] round {r + 2}: no answers to judge, skipped")
             continue

@@ -57,11 +57,8 @@ def test_integration_pipeline_runs_end_to_end(tmp_path):
     assert meta["difficulty"] == build.INTEGRATION_DIFFICULTY  # RL's: a term more than the data's
     assert meta["bootstrap"]["difficulty"] == build.INTEGRATION_SFT_DIFFICULTY
     assert meta["train_defaults"] == build.INTEGRATION_TRAIN_DEFAULTS
-    heldout = meta["heldout"]  # --quick: 5 own-sample rounds, measured on 30 held-out problems
-    rounds = meta["bootstrap"]["rounds"]
-    assert heldout["n"] == 30 and len(rounds) == 5 and meta["bootstrap"]["stage1_examples"] > 0
-    # the first rounds judge answers to problems like the data's, the last two answers at RL's difficulty
-    assert [r["difficulty"] for r in rounds] == [build.INTEGRATION_SFT_DIFFICULTY] * 3 + [build.INTEGRATION_DIFFICULTY] * 2
+    heldout = meta["heldout"]  # --quick: 3 own-sample rounds, measured on 30 held-out problems
+    assert heldout["n"] == 30 and len(meta["bootstrap"]["rounds"]) == 3 and meta["bootstrap"]["stage1_examples"] > 0
     assert {"accuracy_t1", "accuracy_greedy", "judge_precision", "judge_recall", "proposals"} <= set(heldout)
     assert {"n", "valid", "new"} <= set(heldout["proposals"])
     model, tok, loaded = load_checkpoint(str(out))  # an ordinary checkpoint folder
