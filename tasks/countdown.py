@@ -367,8 +367,8 @@ _WITNESS = re.compile(r"^\s*(?:by|via|with|solution|:|=)\s*:?\s*(.{1,200}?)\s*$"
 
 
 def parse_proposal(text, **limits):
-    """A proposal with its witness, "<answer>nums 4 9 2 target 34 by 4*9-2</answer>" -> (problem with
-    its numbers sorted, witness expression text) or None. The witness is only parsed here (the judge decides whether it
+    """A proposal with its witness, "<answer>nums 4 9 2 target 34 by 4*9-2</answer>" -> (problem,
+    witness expression text) or None. The witness is only parsed here (the judge decides whether it
     is right); a proposal without one is no proposal."""
     if not isinstance(text, str):
         return None
@@ -380,8 +380,7 @@ def parse_proposal(text, **limits):
     witness = _WITNESS.match(body[matches[-1].end():])
     if witness is None or parse(witness.group(1)) is None:
         return None
-    # sorted: the order a proposer lists its numbers in follows its witness, and would hint it to a solver
-    return {**problem, "numbers": sorted(problem["numbers"])}, witness.group(1)
+    return problem, witness.group(1)
 
 
 def solvable(problem, max_nodes=200_000) -> bool:
@@ -389,24 +388,9 @@ def solvable(problem, max_nodes=200_000) -> bool:
     return solve(problem["numbers"], problem["target"], max_nodes=max_nodes) is not None
 
 
-def _step_order(tree):
-    """The numbers of a parsed expression in the order its worked steps (_steps) first use them."""
-    kind = tree[0]
-    if kind == "num":
-        return [tree[1]]
-    children = tree[1:]
-    if kind == "neg" and children[0][0] == "num":
-        return [children[0][1]]
-    leaf = [c[0] == "num" or (c[0] == "neg" and c[1][0] == "num") for c in children]  # no step of their own
-    inner = [v for c, is_leaf in zip(children, leaf) if not is_leaf for v in _step_order(c)]
-    return inner + [v for c, is_leaf in zip(children, leaf) if is_leaf for v in _step_order(c)]
-
-
 def proposal_text(rng, style="compact", **difficulty):
-    """A correct proposer response, witness first: numbers drawn as make_problems draws them, an
-    expression over them worked step by step, then "nums" lists the numbers in the order the steps
-    used them (a copy, not a recall of the draw), its value as the target, and the expression ->
-    "steps\n<answer>nums ... target T by EXPR</answer>"."""
+    """A correct proposer response: numbers drawn as make_problems draws them, an expression over them
+    worked step by step, and its value as the target -> "steps\n<answer>nums ... target T by EXPR</answer>"."""
     d = _difficulty(difficulty)
     for _ in range(10_000):
         numbers = [rng.randint(d["min_number"], d["max_number"]) for _ in range(rng.randint(d["min_count"],
@@ -418,7 +402,7 @@ def proposal_text(rng, style="compact", **difficulty):
         except ZeroDivisionError:
             continue
         if value is not None and value.denominator == 1 and d["min_target"] <= value <= d["max_target"]:
-            problem = {"numbers": _step_order(tree), "target": int(value)}
+            problem = {"numbers": numbers, "target": int(value)}
             if split_of(problem) == "train":
                 line = f"<answer>{problem_text(problem)} by {expr}</answer>"
                 if check_style(style) == "compact":

@@ -28,14 +28,13 @@ def test_shipped_model_solves_imperfectly_and_judges(tmp_path):
     r = evaluate(model, tok, task, problems, samples=1, temperature=1.0, max_new_tokens=64, style="compact",
                  seed=0, judge=judge)  # the judge on its own T=1 samples, as in RL
     greedy = evaluate(model, tok, task, problems, samples=1, temperature=0.0, max_new_tokens=64, style="compact")
-    # measured at build time (nano_rlsr.json, 300 problems): 27.0% at T=1, 42.0% greedy; as judge of its own T=1
-    # samples accuracy 0.91, precision 0.78, recall 0.94 (on these 100: 21% / 34%, 0.95 / 0.83 / 0.95). The
-    # bounds allow ~2.5 binomial sd at 100 problems and reject a random model (0%), a solver that leaves RL
-    # little room (the 55% variant),
+    # measured at build time (nano_rlsr.json, 300 problems): 22.7% at T=1, 30.3% greedy; as judge of its own T=1
+    # samples accuracy 0.93, precision 0.82, recall 0.91. The bounds allow ~2.5 binomial sd at 100 problems
+    # (~25 right answers) and reject a random model (0%), a solver that leaves RL no room (the 55% variant),
     # a judge that always says yes (precision ~0.25) or always no (no precision, recall 0)
     assert r["format_rate"] > 0.95 and r["judge_judged"] >= 95
     assert 0.12 <= r["mean@1"] <= 0.35
-    assert 0.18 <= greedy["mean@1"] <= 0.5
+    assert 0.18 <= greedy["mean@1"] <= 0.42
     assert r["judge_accuracy"] >= 0.85
     assert r["judge_precision"] is not None and r["judge_precision"] >= 0.6
     assert r["judge_recall"] is not None and r["judge_recall"] >= 0.65
