@@ -78,6 +78,14 @@ def canonical(text):
         return None
 
 
+def _canonical_field(key, text):
+    """canonical() of a problem field; an infinite bound ("oo", "-oo") stays as written (sympy has
+    no whitelisted spelling of it, the definite verifier reads it as is)."""
+    if key in ("lower", "upper") and text.strip() in definite.INFINITE:
+        return text.strip()
+    return canonical(text)
+
+
 def is_definite(problem):
     """Whether the problem asks for a definite integral (it has bounds)."""
     return "lower" in problem or "upper" in problem
@@ -249,7 +257,7 @@ def make_problems(n, seed, split="train", **difficulty):
     if split == "bee":
         if n > len(BEE):
             raise ValueError(f"the bee set has {len(BEE)} problems, asked for {n}")
-        return [{k: canonical(row[k]) for k in ("integrand", *REFERENCE) if k in row} for row in BEE[:n]]
+        return [{k: _canonical_field(k, row[k]) for k in ("integrand", *REFERENCE) if k in row} for row in BEE[:n]]
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train', 'test' or 'bee', got {split!r}")
     d = _difficulty(difficulty)

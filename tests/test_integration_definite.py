@@ -372,3 +372,16 @@ def test_bee_set_is_self_consistent():
     for b in with_f:
         without_value = {k: v for k, v in b.items() if k != "value"}
         assert sp.simplify(it._sympy(it._value(without_value)) - it._sympy(b["value"])) == 0, b
+
+
+def test_bee_rows_with_infinite_bounds_keep_them(monkeypatch):
+    """A Bee row may have an infinite bound: make_problems keeps "oo" / "-oo" as written (canonical()
+    alone would print None for them) and its reference value checks."""
+    rows = [{"integrand": "exp(-x)", "lower": "0", "upper": "oo", "value": "1"},
+            {"integrand": "1/(1 + x**2)", "lower": " -oo", "upper": "oo", "value": "pi"}]
+    monkeypatch.setattr(it, "BEE", rows)
+    bee = it.make_problems(2, 0, split="bee")
+    assert bee == [{"integrand": "exp(-x)", "lower": "0", "upper": "oo", "value": "1"},
+                   {"integrand": "1/(x**2 + 1)", "lower": "-oo", "upper": "oo", "value": "pi"}]
+    assert it.verify_many(bee, ["1", "pi"]) == [True, True]
+    assert it.verify_many(bee, ["2", "pi/2"]) == [False, False]
