@@ -236,10 +236,11 @@ def budgets(args, meta) -> dict:
     return {k: getattr(args, k) if getattr(args, k) is not None else folder.get(k, v) for k, v in EVAL_DEFAULTS.items()}
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The parser and its parsed, checked flags (a bad flag ends the run with one line)."""
     ap = Parser(description="Measure checkpoints: verifier accuracy (mean@k, pass@k), format "
-                                             "rate, lengths, and the model's agreement as a judge of its samples.",
-                                 formatter_class=DefaultsHelp)
+                            "rate, lengths, and the model's agreement as a judge of its samples.",
+                formatter_class=DefaultsHelp)
     ap.add_argument("--task", default="countdown", help="task name (a module in tasks/)")
     ap.add_argument("--model", nargs="+", default=[], metavar="DIR|ID",
                     help="model folder(s) or hub ids org/name[@revision]; two or more are compared side by side "
@@ -289,6 +290,38 @@ def main(argv=None):
         ap.error("--max-turns must be >= 0")
     if args.intrinsic and not args.self_correct:
         ap.error("--intrinsic is a --self-correct baseline: pass --self-correct too")
+    return ap, args
+
+
+def measure(path, args, task, problems, device, dtype) -> dict:
+    """One model's results row: its budgets (budgets()), prompt style and the metrics."""
+    try:
+        model, tok, meta = load_checkpoint(path, device, dtype)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+    settings = budgets(args, meta)
+    limit = model.config.max_position_embeddings
+    if max(settings["max_new_tokens"], settings["judge_max_new_tokens"]) >= limit:
+        sys.exit(f"error: {path}: the model has only {limit} positions; lower --max-new-tokens "
+                 f"and --judge-max-new-tokens")
+    style = args.prompt_style or meta.get("prompt_style", "full")
+    if args.self_correct:  # the model's own [VERIFY] verdicts are the judge here
+        r = evaluate_self_correct(model, tok, task, problems, max_turns=args.max_turns,
+                                  temperature=args.temperature, max_new_tokens=settings["max_new_tokens"],
+                                  style=style, seed=args.seed, batch_size=args.batch_size, intrinsic=args.intrinsic)
+    else:
+        judge = None
+        if args.judge_samples:
+            judge = Judge(model, tok, task, samples=args.judge_samples, temperature=settings["judge_temperature"],
+                          max_new_tokens=settings["judge_max_new_tokens"], style=style, batch_size=args.batch_size)
+        r = evaluate(model, tok, task, problems, samples=args.samples, temperature=args.temperature,
+                     max_new_tokens=settings["max_new_tokens"], style=style, seed=args.seed, judge=judge,
+                     batch_size=args.batch_size)
+    return {"model": os.path.abspath(path), "prompt_style": style, **settings, **r}
+
+
+def main(argv=None):
+    ap, args = parse_args(argv)
     try:
         task = tasks.get(args.task)
         device = pick_device(args.device)
@@ -306,35 +339,7 @@ def main(argv=None):
         ap.error("empty problem set: nothing to evaluate")
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    results = []
-    for path in args.model:
-        try:
-            model, tok, meta = load_checkpoint(path, device, dtype)
-        except CheckpointError as e:
-            sys.exit(f"error: {e}")
-        settings = budgets(args, meta)
-        limit = model.config.max_position_embeddings
-        if max(settings["max_new_tokens"], settings["judge_max_new_tokens"]) >= limit:
-            sys.exit(f"error: {path}: the model has only {limit} positions; lower --max-new-tokens "
-                     f"and --judge-max-new-tokens")
-        style = args.prompt_style or meta.get("prompt_style", "full")
-        if args.self_correct:  # the model's own [VERIFY] verdicts are the judge here
-            r = evaluate_self_correct(model, tok, task, problems, max_turns=args.max_turns,
-                                      temperature=args.temperature, max_new_tokens=settings["max_new_tokens"],
-                                      style=style, seed=args.seed, batch_size=args.batch_size, intrinsic=args.intrinsic)
-            results.append({"model": os.path.abspath(path), "prompt_style": style, **settings, **r})
-            del model
-            continue
-        judge = None
-        if args.judge_samples:
-            judge = Judge(model, tok, task, samples=args.judge_samples, temperature=settings["judge_temperature"],
-                          max_new_tokens=settings["judge_max_new_tokens"], style=style, batch_size=args.batch_size)
-        r = evaluate(model, tok, task, problems, samples=args.samples, temperature=args.temperature,
-                     max_new_tokens=settings["max_new_tokens"], style=style, seed=args.seed, judge=judge,
-                     batch_size=args.batch_size)
-        results.append({"model": os.path.abspath(path), "prompt_style": style, **settings, **r})
-        del model
-
+    results = [measure(path, args, task, problems, device, dtype) for path in args.model]
     print((format_self_correct_table if args.self_correct else format_table)(names, results))
     out = args.out or f"eval-{args.task}.json"
     if os.path.dirname(out):

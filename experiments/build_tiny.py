@@ -177,19 +177,12 @@ def main():
     args.epochs = args.epochs or settings.get("epochs", 4)
     args.answer_tokens, args.judge_tokens, args.max_len = (settings[k] for k in ("answer_tokens", "judge_tokens",
                                                                                  "max_len"))
-    if args.continue_from and not os.path.exists(os.path.join(args.continue_from, "nano_rlsr.json")):
-        ap.error(f"--continue-from {args.continue_from}: no nano_rlsr.json there (not a build_tiny.py model)")
-    if args.continue_from and read_meta(args.continue_from).get("task", "countdown") != args.task:
-        ap.error(f"--continue-from {args.continue_from}: a model for another task than {args.task}")
+    continued_meta = built_meta(ap, "--continue-from", args.continue_from, args.task) if args.continue_from else None
     if args.quick:
         args.problems, args.round_problems, args.eval_n, args.d, args.layers, args.epochs = 300, 60, 30, 64, 2, 1
         args.round_proposals = 60
     if args.measure_only:
-        if not os.path.exists(os.path.join(args.out, "nano_rlsr.json")):
-            ap.error(f"--measure-only: {args.out} has no nano_rlsr.json (not a build_tiny.py model)")
-        meta = read_meta(args.out)
-        if meta.get("task", "countdown") != args.task:
-            ap.error(f"--measure-only: {args.out} is a model for another task than {args.task}")
+        meta = built_meta(ap, "--measure-only", args.out, args.task)
         measure_and_record(args, tasks.get(args.task), Tokenizer.from_pretrained(args.out), meta)
         return
     torch.manual_seed(args.seed)
@@ -204,7 +197,7 @@ def main():
     problems = task.make_problems(args.problems + args.round_problems, args.seed, split="train", **args.sft_difficulty)
     if args.continue_from:
         build_rounds(args, task, problems, rng, work, t0, args.continue_from,
-                     Tokenizer.from_pretrained(args.continue_from), read_meta(args.continue_from))
+                     Tokenizer.from_pretrained(args.continue_from), continued_meta)
         return
 
     # 1. stage-1 data
@@ -239,6 +232,16 @@ def main():
     print(f"[{time.time() - t0:.0f}s] stage-1 SFT done")
     meta["bootstrap"] = {"stage1_examples": len(rows)}
     build_rounds(args, task, problems, rng, work, t0, sft1, tok, meta)
+
+
+def built_meta(ap, flag, folder, task):
+    """The nano_rlsr.json of a model folder this script built for `task`; else one error line naming `flag`."""
+    if not os.path.exists(os.path.join(folder, "nano_rlsr.json")):
+        ap.error(f"{flag} {folder}: no nano_rlsr.json there (not a build_tiny.py model)")
+    meta = read_meta(folder)
+    if meta.get("task", "countdown") != task:
+        ap.error(f"{flag} {folder}: a model for another task than {task}")
+    return meta
 
 
 def build_rounds(args, task, problems, rng, work, t0, prev, tok, meta):
