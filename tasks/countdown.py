@@ -12,7 +12,6 @@ short wording for the tiny model trained from scratch ("nums 3 5 7 target 22").
 
 import ast
 import hashlib
-import itertools
 import operator
 import random
 import re
@@ -445,25 +444,23 @@ def _steps(tree):
 
 
 def judge_text(problem, answer, style="compact"):
-    """The ideal judge response: check the numbers pair by pair, evaluate step by step, compare, then
-    the verdict (which always agrees with `verify`). Each comparison writes both sides before its
-    ok/no, so the decision reads two adjacent numbers (with one "ok" after two whole lists the tiny
-    judge passed 146 of 204 differing lists in its own proposals)."""
+    """The ideal judge response: check the numbers, evaluate step by step, compare, then the verdict
+    (which always agrees with `verify`)."""
     verdict = int(verify(problem, answer))
     tree = parse(answer)
+    need = " ".join(map(str, sorted(problem["numbers"])))
     if tree is None:
         lines = ["not a valid expression"]
     else:
-        used, need = sorted(numbers_used(tree)), sorted(problem["numbers"])
-        lines = [f"uses {' '.join(map(str, used))} need {' '.join(map(str, need))}"]
-        for u, n in itertools.zip_longest(used, need, fillvalue="-"):
-            lines.append(f"{u} vs {n} {'ok' if u == n else 'no'}")
-            if u != n:
-                break
-        if used == need:
+        used = " ".join(map(str, sorted(numbers_used(tree))))
+        if used != need:
+            lines = [f"uses {used} need {need} no"]
+        else:
+            lines = [f"uses {used} need {need} ok"]
             try:
                 value, steps = _steps(tree)
-                lines += steps + [f"{_fmt(value)} vs {problem['target']} {'yes' if value == problem['target'] else 'no'}"]
+                ok = value == problem["target"]
+                lines += steps + [f"{_fmt(value)}{'=' if ok else '!='}{problem['target']} {'yes' if ok else 'no'}"]
             except ZeroDivisionError as e:
                 lines += e.args[0] + ["division by zero no"]
     if check_style(style) == "full":
@@ -504,10 +501,9 @@ def near_miss(problem, rng):
             answer = _random_expression(rng, [numbers[j] if k == i else v for k, v in enumerate(numbers)])
         elif kind == "missing":
             answer = _random_expression(rng, rng.sample(numbers, len(numbers) - 1))
-        else:  # a wrong number: misread (off by a little), or one from elsewhere (a proposer's slip)
+        else:  # a number off by a little, as if misread
             i = rng.randrange(len(numbers))
-            other = rng.choice([numbers[i] + rng.choice([-2, -1, 1, 2]), rng.randint(1, max(25, 2 * max(numbers)))])
-            wrong = [other if k == i else v for k, v in enumerate(numbers)]
+            wrong = [v + rng.choice([-2, -1, 1, 2]) if k == i else v for k, v in enumerate(numbers)]
             answer = _random_expression(rng, [max(v, 0) for v in wrong])
         if answer is not None and not verify(problem, answer):
             return answer

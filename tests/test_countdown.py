@@ -260,14 +260,10 @@ def test_prompt_texts():
 def test_judge_text_works_it_out_first():
     p = {"numbers": [3, 5, 7], "target": 22}
     text = cd.judge_text(p, "3*5+7")
-    assert text.splitlines() == ["uses 3 5 7 need 3 5 7", "3 vs 3 ok", "5 vs 5 ok", "7 vs 7 ok", "3*5=15", "15+7=22",
-                                 "22 vs 22 yes", "<JUDGE_SCORE>1</JUDGE_SCORE>"]
-    # numbers compared pair by pair (sorted), stopping at the first pair that differs
-    assert cd.judge_text(p, "3*5+5").splitlines() == ["uses 3 5 5 need 3 5 7", "3 vs 3 ok", "5 vs 5 ok", "5 vs 7 no",
-                                                      "<JUDGE_SCORE>0</JUDGE_SCORE>"]
-    assert cd.judge_text(p, "3*5").splitlines()[-2:] == ["- vs 7 no", "<JUDGE_SCORE>0</JUDGE_SCORE>"]
-    assert cd.judge_text(p, "1+3*5+7").splitlines()[1:] == ["1 vs 3 no", "<JUDGE_SCORE>0</JUDGE_SCORE>"]
-    assert cd.judge_text(p, "(3+5)*7").splitlines()[-2:] == ["56 vs 22 no", "<JUDGE_SCORE>0</JUDGE_SCORE>"]
+    assert text.splitlines() == ["uses 3 5 7 need 3 5 7 ok", "3*5=15", "15+7=22", "22=22 yes",
+                                 "<JUDGE_SCORE>1</JUDGE_SCORE>"]
+    assert cd.judge_text(p, "3*5+5").splitlines()[0] == "uses 3 5 5 need 3 5 7 no"
+    assert cd.judge_text(p, "(3+5)*7").splitlines()[-2:] == ["56!=22 no", "<JUDGE_SCORE>0</JUDGE_SCORE>"]
     assert cd.judge_text({"numbers": [3, 5, 5], "target": 1}, "3/(5-5)").splitlines()[-4:] == [
         "5-5=0", "3/0 undefined", "division by zero no", "<JUDGE_SCORE>0</JUDGE_SCORE>"]
 
@@ -281,8 +277,6 @@ def test_solution_and_near_miss_variety():
     assert not any(cd.verify(p, m) for m in misses)
     assert any(sorted(cd.numbers_used(cd.parse(m))) == sorted(p["numbers"]) for m in misses)  # right numbers
     assert any(sorted(cd.numbers_used(cd.parse(m))) != sorted(p["numbers"]) for m in misses)  # wrong numbers
-    far = [m for m in misses if any(min(abs(u - n) for n in p["numbers"]) > 2 for u in cd.numbers_used(cd.parse(m)))]
-    assert far  # a number from elsewhere, not only a misread one (proposers slip that way)
 
 
 def test_proposal_texts_parse_back_to_a_problem_and_a_right_witness():
