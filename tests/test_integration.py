@@ -340,18 +340,6 @@ def test_prompt_texts():
     judge = it.judge_prompt(problem, "sin(x) - x*cos(x)")[-1]["content"]
     assert "differentiate it" in judge and "sin(x) - x*cos(x)" in judge and "x*sin(x)" in judge
     text = it.judge_text(problem, "sin(x) - x*cos(x)")
-    # term by term in sympy's printed order (-x*cos(x) + sin(x)), then the derivative's terms against the integrand's
-    assert text.splitlines() == ["d/dx -x*cos(x) = x*sin(x) - cos(x)", "d/dx sin(x) = cos(x)",
-                                 "x*sin(x) vs x*sin(x) ok", "same", "<JUDGE_SCORE>1</JUDGE_SCORE>"]
-    two = {"integrand": "3*x**2 + cos(x) - 2"}
-    assert it.judge_text(two, "x**3 + sin(x) - 2*x").splitlines()[-5:] == [
-        "3*x**2 vs 3*x**2 ok", "cos(x) vs cos(x) ok", "-2 vs -2 ok", "same", "<JUDGE_SCORE>1</JUDGE_SCORE>"]
-    # the first pair that differs ends the comparison; a missing term pairs with "-"
-    assert it.judge_text(two, "x**3 - sin(x) - 2*x").splitlines()[-4:] == [
-        "3*x**2 vs 3*x**2 ok", "-cos(x) vs cos(x) no", "differs", "<JUDGE_SCORE>0</JUDGE_SCORE>"]
-    assert it.judge_text(two, "x**3 + sin(x)").splitlines()[-3:] == [
-        "- vs -2 no", "differs", "<JUDGE_SCORE>0</JUDGE_SCORE>"]
-    # a right answer whose derivative prints otherwise than the integrand keeps the two whole lines
-    other = {"integrand": "x*(x + 1)"}
-    assert it.judge_text(other, "x**3/3 + x**2/2").splitlines()[-4:] == [
-        "sum x**2 + x", "integrand x*(x + 1)", "same", "<JUDGE_SCORE>1</JUDGE_SCORE>"]
+    # term by term in sympy's printed order (-x*cos(x) + sin(x)), then the sum against the integrand
+    assert text.splitlines() == ["d/dx -x*cos(x) = x*sin(x) - cos(x)", "d/dx sin(x) = cos(x)", "sum x*sin(x)",
+                                 "integrand x*sin(x)", "same", "<JUDGE_SCORE>1</JUDGE_SCORE>"]

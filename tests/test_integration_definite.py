@@ -341,19 +341,14 @@ def test_sft_helpers_of_definite_problems():
     assert it.solution_text(problem, None).splitlines() == [
         "int 3*x**2 = x**3", "int cos(2*x) = sin(2*x)/2", "F(pi) = pi**3", "F(0) = 0", "<answer>pi**3</answer>"]
     assert it.judge_text(problem, "pi**3").splitlines() == [
-        "F = x**3 + sin(2*x)/2", "d/dx F = 3*x**2 + cos(2*x)", "F(pi) = pi**3", "F(0) = 0", "pi**3 vs pi**3 ok",
-        "same", "<JUDGE_SCORE>1</JUDGE_SCORE>"]
-    assert it.judge_text(problem, "pi**3 + 1").splitlines()[-3:] == ["1 vs pi**3 no", "differs",  # printed 1 + pi**3
-                                                                      "<JUDGE_SCORE>0</JUDGE_SCORE>"]
+        "F = x**3 + sin(2*x)/2", "d/dx F = 3*x**2 + cos(2*x)", "F(pi) = pi**3", "F(0) = 0", "value pi**3",
+        "answer pi**3", "same", "<JUDGE_SCORE>1</JUDGE_SCORE>"]
     assert it.judge_text(problem, "x**3")[:-1].splitlines()[0] == "not a valid number"
     full = it.judge_text(problem, "pi**3 + 1", "full")
     assert "evaluate it at the bounds" in full and "differs" in full and parse_verdict(full) == 0
     no_antiderivative = {"integrand": "log(sin(x))", "lower": "0", "upper": "pi/2", "value": "-pi*log(2)/2"}
     assert it.solution_text(no_antiderivative, None) == "<answer>-pi*log(2)/2</answer>"
-    assert it.judge_text(no_antiderivative, "-pi*log(2)/2").splitlines()[0] == "-pi*log(2)/2 vs -pi*log(2)/2 ok"
-    # an answer in another form than the value (same number) keeps the two whole lines
-    assert it.judge_text(no_antiderivative, "-pi*log(4)/4").splitlines()[:2] == ["value -pi*log(2)/2",
-                                                                                  "answer -pi*log(4)/4"]
+    assert it.judge_text(no_antiderivative, "-pi*log(2)/2").splitlines()[0] == "value -pi*log(2)/2"
     assert it.verify(no_antiderivative, it.near_miss(no_antiderivative, random.Random(0))) is False
 
 
