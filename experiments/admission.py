@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import quiet_threads  # noqa: E402,F401  (before torch: idle OpenMP threads sleep)
 import tasks  # noqa: E402
-from checkpoint import read_meta  # noqa: E402
+from checkpoint import CheckpointError, read_meta  # noqa: E402
 from eval import sample_texts  # noqa: E402
 from judge import Judge, agreement, passed  # noqa: E402
 from model import Qwen, Tokenizer  # noqa: E402
@@ -82,6 +82,28 @@ def judge_text_counts(problem, witness, text, counts):
                 counts[key + "_decided_wrong"] = counts.get(key + "_decided_wrong", 0) + 1
 
 
+def band_rows(model, tok, task, judge, problems, solvable, g, seed, style, max_new_tokens) -> list[dict]:
+    """Each problem solved g times at T=1 and judged; per band in BANDS, the problems whose pass rate
+    falls inside it, their solvable share and the judge's precision on their rollouts."""
+    answers, rows = [], []
+    if problems:
+        prompts = [tok.encode_chat(task.prompt(p, style=style)) for p in problems]
+        solved, _ = sample_texts(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed + 1,
+                                 batch_size=256, n=g)
+        answers = [task.extract_answer(t) for t in solved]
+        rows = [problems[k // g] for k in range(len(answers))]
+    rewards, _ = judge.score(rows, answers, seed=seed) if rows else ([], [])
+    correct = [task.verify(p, a) for p, a in zip(rows, answers)]
+    out = []
+    for low, high in BANDS:
+        kept = [j for j in range(len(problems)) if low <= sum(passed(r) for r in rewards[j * g:(j + 1) * g]) / g <= high]
+        ks = [j * g + k for j in kept for k in range(g)]
+        precision = agreement([passed(rewards[k]) for k in ks], [correct[k] for k in ks])["precision"]
+        out.append({"band": [low, high], "kept": len(kept), "solvable": sum(solvable[j] for j in kept) / max(1, len(kept)),
+                    "judge_precision": precision})
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -92,16 +114,21 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if not os.path.isdir(args.model):
         ap.error(f"--model {args.model}: no such folder")
-    meta = read_meta(args.model)
+    try:
+        meta = read_meta(args.model)
+    except CheckpointError as e:
+        ap.error(f"--model {args.model}: {e}")
     if meta.get("task", "countdown") != "countdown":
         ap.error(f"--model {args.model}: a model for {meta.get('task')}, not countdown")
     task = tasks.get("countdown")
-    model, tok = Qwen.from_pretrained(args.model), Tokenizer.from_pretrained(args.model)
-    difficulty = meta.get("difficulty", {})
-    limits = meta.get("train_defaults", {})
-    judge = Judge(model, tok, task, samples=1, temperature=0.0, max_new_tokens=limits.get("judge_max_new_tokens", 96),
-                  style=meta.get("prompt_style", "compact"))
+    try:
+        model, tok = Qwen.from_pretrained(args.model), Tokenizer.from_pretrained(args.model)
+    except CheckpointError as e:
+        ap.error(f"--model {args.model}: {e}")
+    difficulty, limits = meta.get("difficulty", {}), meta.get("train_defaults", {})
     style = meta.get("prompt_style", "compact")
+    judge = Judge(model, tok, task, samples=1, temperature=0.0, max_new_tokens=limits.get("judge_max_new_tokens", 96),
+                  style=style)  # as in RL
     rng = random.Random(args.seed)
     shown = task.make_problems(300, 0, split="test", **difficulty)
     prompts = [tok.encode_chat(task.propose_prompt(rng.sample(shown, 3), style=style)) for _ in range(args.n)]
@@ -130,25 +157,9 @@ def main(argv=None):
     both = [i for i in admitted if passed(verdicts2[i])]
     out["commuted"] = {"admitted": len(both), "admitted_solvable": sum(solvable[i] for i in both) / max(1, len(both))}
 
-    g = args.rollouts
-    solve_prompts = [tok.encode_chat(task.prompt(problems[i], style=style)) for i in admitted]
-    answers, rows = [], []
-    if solve_prompts:
-        solved, _ = sample_texts(model, tok, solve_prompts, max_new_tokens=limits.get("max_new_tokens", 64),
-                                 temperature=1.0, seed=args.seed + 1, batch_size=256, n=g)
-        answers = [task.extract_answer(t) for t in solved]
-        rows = [problems[admitted[k // g]] for k in range(len(answers))]
-    rewards, _ = judge.score(rows, answers, seed=args.seed) if rows else ([], [])
-    correct = [task.verify(p, a) for p, a in zip(rows, answers)]
-    out["band"] = []
-    for low, high in BANDS:
-        kept = [j for j in range(len(admitted))
-                if low <= sum(passed(r) for r in rewards[j * g:(j + 1) * g]) / g <= high]
-        ks = [j * g + k for j in kept for k in range(g)]
-        precision = agreement([passed(rewards[k]) for k in ks], [correct[k] for k in ks])["precision"]
-        out["band"].append({"band": [low, high], "kept": len(kept),
-                            "solvable": sum(solvable[admitted[j]] for j in kept) / max(1, len(kept)),
-                            "judge_precision": precision})
+    out["band"] = band_rows(model, tok, task, judge, [problems[i] for i in admitted],
+                            [solvable[i] for i in admitted], args.rollouts, args.seed, style,
+                            limits.get("max_new_tokens", 64))
     print(json.dumps(out))
     return out
 

@@ -61,3 +61,11 @@ def test_a_model_for_another_task_is_refused(capsys):
     with pytest.raises(SystemExit):
         admission.main(["--model", os.path.join(ROOT, "assets", "tiny-integration")])
     assert "not countdown" in capsys.readouterr().err
+
+
+def test_a_folder_without_weights_gets_one_line(tmp_path, capsys):
+    (tmp_path / "nano_rlsr.json").write_text('{"task": "countdown"}')
+    with pytest.raises(SystemExit):
+        admission.main(["--model", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "error: --model" in err and "config.json" in err and "Traceback" not in err
