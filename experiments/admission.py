@@ -60,7 +60,10 @@ def commuted(tree):
 
 
 def judge_text_counts(problem, witness, text, counts):
-    """Tally the judge's own comparisons in `text` (the shipped compact judge format)."""
+    """Tally the judge's own comparisons in `text` (the shipped compact judge format) into `counts`."""
+    def add(key, n=1):
+        counts[key] = counts.get(key, 0) + n
+
     need = " ".join(map(str, sorted(problem["numbers"])))
     uses = " ".join(map(str, sorted(countdown.numbers_used(countdown.parse(witness)))))
     for line in text.splitlines():
@@ -68,18 +71,18 @@ def judge_text_counts(problem, witness, text, counts):
         if m:
             differ = m.group(1).strip() != m.group(2).strip()
             key = "lists_differ" if differ else "lists_agree"
-            counts[key] = counts.get(key, 0) + 1
+            add(key)
             if (m.group(3) == "ok") == differ:
-                counts[key + "_decided_wrong"] = counts.get(key + "_decided_wrong", 0) + 1
-            counts["need_copied_right"] = counts.get("need_copied_right", 0) + (m.group(2).strip() == need)
-            counts["uses_copied_right"] = counts.get("uses_copied_right", 0) + (m.group(1).strip() == uses)
+                add(key + "_decided_wrong")
+            add("need_copied_right", m.group(2).strip() == need)
+            add("uses_copied_right", m.group(1).strip() == uses)
         m = _VALUE.match(line.strip())
         if m:
             differ = m.group(1) != m.group(3)
             key = "value_differ" if differ else "value_agree"
-            counts[key] = counts.get(key, 0) + 1
+            add(key)
             if (m.group(4) == "yes") == differ:
-                counts[key + "_decided_wrong"] = counts.get(key + "_decided_wrong", 0) + 1
+                add(key + "_decided_wrong")
 
 
 def band_rows(model, tok, task, judge, problems, solvable, g, seed, style, max_new_tokens) -> list[dict]:
@@ -94,9 +97,10 @@ def band_rows(model, tok, task, judge, problems, solvable, g, seed, style, max_n
         rows = [problems[k // g] for k in range(len(answers))]
     rewards, _ = judge.score(rows, answers, seed=seed) if rows else ([], [])
     correct = [task.verify(p, a) for p, a in zip(rows, answers)]
+    rates = [sum(passed(r) for r in rewards[j * g:(j + 1) * g]) / g for j in range(len(problems))]
     out = []
     for low, high in BANDS:
-        kept = [j for j in range(len(problems)) if low <= sum(passed(r) for r in rewards[j * g:(j + 1) * g]) / g <= high]
+        kept = [j for j, rate in enumerate(rates) if low <= rate <= high]
         ks = [j * g + k for j in kept for k in range(g)]
         precision = agreement([passed(rewards[k]) for k in ks], [correct[k] for k in ks])["precision"]
         out.append({"band": [low, high], "kept": len(kept), "solvable": sum(solvable[j] for j in kept) / max(1, len(kept)),
