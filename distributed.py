@@ -128,6 +128,25 @@ def all_ranks(obj) -> list:
     return out
 
 
+def all_items(items: list) -> list:
+    """Every rank's list joined, in rank order (the list itself in a single process)."""
+    return [x for part in all_ranks(items) for x in part]
+
+
+def sum_over_ranks(counts: tuple) -> tuple:
+    """Each count summed over the ranks (the counts themselves in a single process)."""
+    return tuple(sum(c) for c in zip(*all_ranks(tuple(counts))))
+
+
+def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """A tensor averaged over the ranks by an all-reduce (x itself in a single process)."""
+    if world_size() == 1:
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / dist.get_world_size()
+
+
 def gather_groups(groups) -> list:
     """Every rank's rollout groups, in rank order, without their tensors (for rank 0's metrics)."""
     if not dist.is_initialized():

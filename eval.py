@@ -16,26 +16,22 @@ each metric): per problem one trajectory, answer -> [VERIFY] correct|wrong -> co
 turn-1 and final accuracy, their difference, the wrong->right and right->wrong fractions, and how
 often the model's own verdict on its first answer is right. --intrinsic: the untrained baseline.
 
-train.py's held-out eval calls `evaluate` / `evaluate_self_correct`; `verify_all` is the one way
-the formal verifier is called on a batch.
+train.py's held-out eval calls `evaluate` / `evaluate_self_correct`; they sample through
+`sample.completions` and verify through `tasks.verify_all`.
 """
 
 import quiet_threads  # noqa: F401  (first: OpenMP reads its settings when torch loads)
 
-import argparse
 import json
 import os
 import sys
 
-import torch
-
 import sample
 import tasks
-from checkpoint import load_checkpoint, read_meta
-from config import Parser, UsageError, check_task, default_model
-from distributed import pick_device
-from hub import resolve_model
-from judge import Judge, agreement, decode_completion, passed
+from checkpoint import check_lengths, load_checkpoint
+from config import EVAL_BUDGETS, EvalConfig, UsageError, make_config, parse_flags
+from distributed import compute_dtype, pick_device
+from judge import Judge, agreement, passed
 from model import CheckpointError
 
 
@@ -50,19 +46,19 @@ def evaluate(model, tokenizer, task, problems, samples: int = 1, temperature: fl
     if not problems:
         raise ValueError("empty problem set")
     prompts = [tokenizer.encode_chat(task.prompt(p, style=style)) for p in problems]
-    texts, lengths, truncated = sample_texts(model, tokenizer, prompts, max_new_tokens, temperature, seed,
-                                             batch_size, n=samples, finish=True)
-    rows_problem = [problems[i // samples] for i in range(len(texts))]
-    answers = [task.extract_answer(t) for t in texts]
-    correct = verify_all(task, rows_problem, answers)
+    done = sample.completions(model, tokenizer, prompts, n=samples, max_new_tokens=max_new_tokens,
+                              temperature=temperature, seed=seed, batch_size=batch_size)
+    rows_problem = [problems[i // samples] for i in range(len(done))]
+    answers = [task.extract_answer(c.text) for c in done]
+    correct = tasks.verify_all(task, rows_problem, answers)
     per_problem = [correct[i * samples:(i + 1) * samples] for i in range(len(problems))]
     n = len(answers)
     result = {"problems": len(problems), "samples": samples,
               f"mean@{samples}": sum(correct) / n,
               f"pass@{samples}": sum(any(c) for c in per_problem) / len(problems),
               "format_rate": sum(a is not None for a in answers) / n,
-              "mean_length": sum(lengths) / n,
-              "truncated_rate": sum(truncated) / n}
+              "mean_length": sum(len(c.ids) for c in done) / n,
+              "truncated_rate": sum(c.truncated for c in done) / n}
     if judge is not None:
         answered = [i for i, a in enumerate(answers) if a is not None and str(a).strip()]
         rewards, _ = judge.score([rows_problem[i] for i in answered], [answers[i] for i in answered],
@@ -103,23 +99,6 @@ def self_correct_metrics(first_correct, final_correct, first_verdicts=None) -> d
     return out
 
 
-def sample_texts(model, tokenizer, prompts, max_new_tokens, temperature, seed, batch_size=0, n=1, finish=False):
-    """n completions per prompt (token-id lists), batch_size prompts per generate call (0: all) ->
-    (texts without the stop token, generated lengths[, truncated flags with finish=True]),
-    len(prompts) * n each, row i from prompt i // n. Chunk c is seeded seed + its first prompt's index."""
-    texts, lengths, truncated = [], [], []
-    chunk = batch_size or len(prompts)
-    for start in range(0, len(prompts), chunk):
-        out = sample.generate(model, prompts[start:start + chunk], n=n, max_new_tokens=max_new_tokens,
-                              temperature=temperature, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
-                              seed=seed + start)
-        for i in range(len(out.finish_reasons)):
-            texts.append(decode_completion(tokenizer, out.completion(i)))
-            lengths.append(int(out.lengths[i]))
-            truncated.append(out.finish_reasons[i] == "length")
-    return (texts, lengths, truncated) if finish else (texts, lengths)
-
-
 def evaluate_self_correct(model, tokenizer, task, problems, max_turns: int = 2, temperature: float = 0.0,
                           max_new_tokens: int = 256, style: str = "full", seed: int = 0, batch_size: int = 0,
                           intrinsic: bool = False) -> dict:
@@ -133,40 +112,29 @@ def evaluate_self_correct(model, tokenizer, task, problems, max_turns: int = 2, 
     """
     if not problems:
         raise ValueError("empty problem set")
+    settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
     if intrinsic:
         prompts = [tokenizer.encode_chat(task.prompt(p, style=style)) for p in problems]
-        attempts, lengths = sample_texts(model, tokenizer, prompts, max_new_tokens, temperature, seed, batch_size)
-        first = [task.extract_answer(t) for t in attempts]
-        prompts = [tokenizer.encode_chat(tasks.intrinsic_prompt(task, p, t, a or "", style=style))
-                   for p, t, a in zip(problems, attempts, first)]
-        seconds, lengths2 = sample_texts(model, tokenizer, prompts, max_new_tokens, temperature, seed + 1, batch_size)
-        final = [task.extract_answer(t) or a for t, a in zip(seconds, first)]
+        attempts = sample.completions(model, tokenizer, prompts, seed=seed, **settings)
+        first = [task.extract_answer(c.text) for c in attempts]
+        prompts = [tokenizer.encode_chat(tasks.intrinsic_prompt(task, p, c.text, a or "", style=style))
+                   for p, c, a in zip(problems, attempts, first)]
+        seconds = sample.completions(model, tokenizer, prompts, seed=seed + 1, **settings)
+        final = [task.extract_answer(c.text) or a for c, a in zip(seconds, first)]
         verdicts, attempts_n = None, [2] * len(problems)
-        lengths = [a + b for a, b in zip(lengths, lengths2)]
+        lengths = [len(a.ids) + len(b.ids) for a, b in zip(attempts, seconds)]
     else:
         prompts = [tokenizer.encode_chat(tasks.self_correct_prompt(task, p, style=style)) for p in problems]
-        texts, lengths = sample_texts(model, tokenizer, prompts, max_new_tokens, temperature, seed, batch_size)
-        trajs = [tasks.parse_trajectory(t, max_turns, task.extract_answer) for t in texts]
+        done = sample.completions(model, tokenizer, prompts, seed=seed, **settings)
+        trajs = [tasks.parse_trajectory(c.text, max_turns, task.extract_answer) for c in done]
         first, final = [t.first for t in trajs], [t.final for t in trajs]
         verdicts, attempts_n = [t.first_verdict for t in trajs], [len(t.turns) for t in trajs]
-    first_ok, final_ok = verify_all(task, problems, first), verify_all(task, problems, final)
+        lengths = [len(c.ids) for c in done]
+    first_ok, final_ok = tasks.verify_all(task, problems, first), tasks.verify_all(task, problems, final)
     result = self_correct_metrics(first_ok, final_ok, verdicts)
     result.update(mode="intrinsic" if intrinsic else "self_rewarding", max_turns=max_turns,
                   mean_attempts=sum(attempts_n) / len(problems), mean_length=sum(lengths) / len(problems))
     return result
-
-
-def verify_all(task, problems, answers) -> list[bool]:
-    """The formal verifier on each (problem, answer); a missing answer is wrong without a call."""
-    todo = [i for i, a in enumerate(answers) if a is not None]
-    if hasattr(task, "verify_many"):
-        verdicts = task.verify_many([problems[i] for i in todo], [answers[i] for i in todo])
-    else:
-        verdicts = [task.verify(problems[i], answers[i]) for i in todo]
-    correct = [False] * len(answers)
-    for i, v in zip(todo, verdicts):
-        correct[i] = bool(v)
-    return correct
 
 
 # -----------------------------------------------------------------------------
@@ -218,136 +186,58 @@ def render_table(names, rows) -> str:
     return "\n".join(lines)
 
 
-class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
-    """Adds "(default: ...)" to each flag's help unless the help already says what the default is."""
-
-    def _get_help_string(self, action):
-        return action.help if "default" in action.help else super()._get_help_string(action)
+DESCRIPTION = ("eval.py — measure checkpoints: verifier accuracy (mean@k, pass@k), format rate, lengths,\n"
+               "and the model's agreement as a judge of its samples.")
 
 
-# answer and judge budgets when neither a flag nor the model folder's train_defaults sets them
-EVAL_DEFAULTS = dict(max_new_tokens=256, judge_max_new_tokens=256, judge_temperature=1.0)
-
-
-def budgets(args, meta) -> dict:
-    """EVAL_DEFAULTS' settings for one model: the flag where given, else the model folder's RL setting
-    (its train_defaults, as train.py reads them), else EVAL_DEFAULTS."""
-    folder = meta.get("train_defaults", {})
-    return {k: getattr(args, k) if getattr(args, k) is not None else folder.get(k, v) for k, v in EVAL_DEFAULTS.items()}
-
-
-def parse_args(argv=None):
-    """The parser and its parsed, checked flags (a bad flag ends the run with one line)."""
-    ap = Parser(description="Measure checkpoints: verifier accuracy (mean@k, pass@k), format "
-                            "rate, lengths, and the model's agreement as a judge of its samples.",
-                formatter_class=DefaultsHelp)
-    ap.add_argument("--task", default="countdown", help="task name (a module in tasks/)")
-    ap.add_argument("--model", nargs="+", default=[], metavar="DIR|ID",
-                    help="model folder(s) or hub ids org/name[@revision]; two or more are compared side by side "
-                         "(default: assets/tiny-<task>, the task's embedded model)")
-    ap.add_argument("--samples", type=int, default=1, metavar="K", help="answers sampled per problem (k of mean@k, pass@k)")
-    ap.add_argument("--n", type=int, default=None, help="number of problems (default: 100; --split bee: the whole set)")
-    ap.add_argument("--problems", default="", metavar="FILE.jsonl",
-                    help="problems to use, one JSON object a line (default: --n generated test-split problems)")
-    ap.add_argument("--split", default="test", choices=["train", "test", "bee"],
-                    help="split of generated problems, or bee: integration's fixed Integration Bee-style set")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the problems and the sampling")
-    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
-    ap.add_argument("--max-new-tokens", type=int, default=None,
-                    help="longest answer, in tokens (default: the model folder's RL setting, else 256)")
-    ap.add_argument("--judge-samples", type=int, default=1, help="verdicts per judged answer (0: skip the judge)")
-    ap.add_argument("--judge-temperature", type=float, default=None,
-                    help="judge sampling temperature (default: the model folder's RL setting, else 1.0)")
-    ap.add_argument("--judge-max-new-tokens", type=int, default=None,
-                    help="longest judge output, in tokens (default: the model folder's RL setting, else 256)")
-    ap.add_argument("--prompt-style", default="", metavar="STYLE",
-                    help="prompt style (default: the model folder's nano_rlsr.json, else full)")
-    ap.add_argument("--self-correct", action="store_true",
-                    help="self-rewarding correction metrics instead: one answer -> [VERIFY] -> correction "
-                         "trajectory per problem (turn-1/final accuracy, deltas, verification accuracy)")
-    ap.add_argument("--max-turns", type=int, default=2,
-                    help="--self-correct: corrections allowed after the first answer")
-    ap.add_argument("--intrinsic", action="store_true",
-                    help="--self-correct: the intrinsic baseline (asked in a second user turn to correct its answer)")
-    ap.add_argument("--batch-size", type=int, default=64, help="prompts per generate call (0: all at once)")
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    ap.add_argument("--out", default="", metavar="FILE",
-                    help="JSON results file (default: eval-<task>.json in the current folder)")
-    args = ap.parse_args(argv)
-    if args.split == "bee" and args.task != "integration":
-        ap.error(f"--split bee: only the integration task has a Bee set, not {args.task}")
-    if args.n is None:
-        args.n = len(tasks.get("integration").BEE) if args.split == "bee" else 100
-    for name in ("samples", "n"):
-        if getattr(args, name) < 1 and not (name == "n" and args.problems):
-            ap.error(f"--{name} must be >= 1 (an empty problem set has nothing to measure)")
-    for name in ("max_new_tokens", "judge_max_new_tokens"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.temperature < 0 or (args.judge_temperature or 0) < 0 or args.judge_samples < 0:
-        ap.error("temperatures and --judge-samples must be >= 0")
-    if args.max_turns < 0:
-        ap.error("--max-turns must be >= 0")
-    if args.intrinsic and not args.self_correct:
-        ap.error("--intrinsic is a --self-correct baseline: pass --self-correct too")
-    return ap, args
-
-
-def measure(path, args, task, problems, device, dtype) -> dict:
-    """One model's results row: its budgets (budgets()), prompt style and the metrics."""
+def measure(cfg, task, problems, device) -> dict:
+    """One model's results row: its budgets and prompt style (its config's) and the metrics."""
     try:
-        model, tok, meta = load_checkpoint(path, device, dtype)
+        model, tok, _ = load_checkpoint(cfg.model, device, compute_dtype("auto", device))
     except CheckpointError as e:
         sys.exit(f"error: {e}")
-    settings = budgets(args, meta)
-    limit = model.config.max_position_embeddings
-    if max(settings["max_new_tokens"], settings["judge_max_new_tokens"]) >= limit:
-        sys.exit(f"error: {path}: the model has only {limit} positions; lower --max-new-tokens "
-                 f"and --judge-max-new-tokens")
-    style = args.prompt_style or meta.get("prompt_style", "full")
-    if args.self_correct:  # the model's own [VERIFY] verdicts are the judge here
-        r = evaluate_self_correct(model, tok, task, problems, max_turns=args.max_turns,
-                                  temperature=args.temperature, max_new_tokens=settings["max_new_tokens"],
-                                  style=style, seed=args.seed, batch_size=args.batch_size, intrinsic=args.intrinsic)
+    try:
+        check_lengths(model, max_new_tokens=cfg.max_new_tokens, judge_max_new_tokens=cfg.judge_max_new_tokens)
+    except UsageError as e:
+        sys.exit(f"error: {cfg.model}: {e}")
+    if cfg.self_correct:  # the model's own [VERIFY] verdicts are the judge here
+        r = evaluate_self_correct(model, tok, task, problems, max_turns=cfg.max_turns, temperature=cfg.temperature,
+                                  max_new_tokens=cfg.max_new_tokens, style=cfg.prompt_style, seed=cfg.seed,
+                                  batch_size=cfg.batch_size, intrinsic=cfg.intrinsic)
     else:
         judge = None
-        if args.judge_samples:
-            judge = Judge(model, tok, task, samples=args.judge_samples, temperature=settings["judge_temperature"],
-                          max_new_tokens=settings["judge_max_new_tokens"], style=style, batch_size=args.batch_size)
-        r = evaluate(model, tok, task, problems, samples=args.samples, temperature=args.temperature,
-                     max_new_tokens=settings["max_new_tokens"], style=style, seed=args.seed, judge=judge,
-                     batch_size=args.batch_size)
-    return {"model": os.path.abspath(path), "prompt_style": style, **settings, **r}
+        if cfg.judge_samples:
+            judge = Judge(model, tok, task, samples=cfg.judge_samples, temperature=cfg.judge_temperature,
+                          max_new_tokens=cfg.judge_max_new_tokens, style=cfg.prompt_style, batch_size=cfg.batch_size)
+        r = evaluate(model, tok, task, problems, samples=cfg.samples, temperature=cfg.temperature,
+                     max_new_tokens=cfg.max_new_tokens, style=cfg.prompt_style, seed=cfg.seed, judge=judge,
+                     batch_size=cfg.batch_size)
+    return {"model": cfg.model, "prompt_style": cfg.prompt_style, **{k: getattr(cfg, k) for k in EVAL_BUDGETS}, **r}
 
 
 def main(argv=None):
-    ap, args = parse_args(argv)
-    try:
-        task = tasks.get(args.task)
-        device = pick_device(args.device)
-        # task knobs the (first) model folder asks for, e.g. the tiny model's smaller numbers
-        names = args.model or [default_model(args.task)]
-        args.model = [resolve_model(p) for p in names]  # hub ids -> cached folders
-        for path in filter(os.path.isdir, args.model):  # (a missing folder is reported when it loads)
-            check_task(path, args.task)
-        difficulty = read_meta(args.model[0]).get("difficulty", {}) if os.path.isdir(args.model[0]) else {}
-        problems = read_problems(args.problems) if args.problems else \
-            task.make_problems(args.n, seed=args.seed, split=args.split, **difficulty)
-    except (ValueError, OSError, CheckpointError, UsageError) as e:
-        ap.error(str(e))
+    parser, given = parse_flags(EvalConfig, argv, prog="eval.py", description=DESCRIPTION)
+    names = given.pop("model", None) or [""]  # "": the task's embedded model
+    try:  # one config per model: each takes its own folder's budgets and prompt style
+        configs = [make_config(EvalConfig, **given, model=name) for name in names]
+        cfg = configs[0]  # the settings all models share, and the first folder's task knobs
+        task, device = tasks.get(cfg.task), pick_device(cfg.device)
+        problems = read_problems(cfg.problems) if cfg.problems else \
+            task.make_problems(cfg.n, seed=cfg.seed, split=cfg.split, **cfg.difficulty)
+    except (ValueError, OSError, UsageError) as e:
+        parser.error(str(e))
     if not problems:
-        ap.error("empty problem set: nothing to evaluate")
+        parser.error("empty problem set: nothing to evaluate")
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    results = [measure(path, args, task, problems, device, dtype) for path in args.model]
-    print((format_self_correct_table if args.self_correct else format_table)(names, results))
-    out = args.out or f"eval-{args.task}.json"
-    if os.path.dirname(out):
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"task": args.task, "seed": args.seed, "temperature": args.temperature,
-                   "self_correct": args.self_correct, "results": results}, f, indent=2)
-    print(f"wrote {out}")
+    results = [measure(c, task, problems, device) for c in configs]
+    shown = [name or c.model for name, c in zip(names, configs)]  # hub ids as given, not their cache folders
+    print((format_self_correct_table if cfg.self_correct else format_table)(shown, results))
+    if os.path.dirname(cfg.out):
+        os.makedirs(os.path.dirname(cfg.out), exist_ok=True)
+    with open(cfg.out, "w") as f:
+        json.dump({"task": cfg.task, "seed": cfg.seed, "temperature": cfg.temperature,
+                   "self_correct": cfg.self_correct, "results": results}, f, indent=2)
+    print(f"wrote {cfg.out}")
 
 
 def read_problems(path: str) -> list[dict]:

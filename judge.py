@@ -9,8 +9,9 @@ call samples `samples` verdicts; the reward is the mean of the verdicts (the las
 `<JUDGE_SCORE>0|1</JUDGE_SCORE>` of each judge text, no verdict counting as 0). A missing or empty
 answer scores 0 and costs no judge call. A greedy judge (temperature 0) gives the same verdict to
 the same prompt, so each distinct (problem, answer) prompt is generated once and its verdict shared
-(a group of G rollouts often repeats answers); sampled verdicts are drawn per answer as before. All
-judge prompts of one `score` go through one batched `sample.generate` (in chunks of `batch_size`).
+(a group of G rollouts often repeats answers); sampled verdicts are drawn per answer, as if judged
+alone. All judge prompts of one `score` go through one `sample.completions` call (in chunks of
+`batch_size`).
 
 The judge model is whatever model you pass: the live policy (RLSR's setting), the frozen reference
 copy, or another checkpoint folder (train.py's `--judge live|frozen|DIR`). `agreement` compares
@@ -59,32 +60,16 @@ class Judge:
         else:  # sampled verdicts: every answer gets its own k samples, as if judged alone
             source, n = list(range(len(prompts))), k
         runs = sorted(set(source))
-        chunk = self.batch_size or len(runs)
-        judged = {}  # index into prompts -> its k judge texts
-        for start in range(0, len(runs), chunk):
-            part = runs[start:start + chunk]
-            if isinstance(seed, (list, tuple)):  # per-answer seeds: each verdict independent of the batch
-                chunk_seed = [seed[todo[j]] for j in part]
-            else:
-                chunk_seed = None if seed is None else seed + start
-            out = sample.generate(self.model, [prompts[j] for j in part], n=n, max_new_tokens=self.max_new_tokens,
-                                  temperature=self.temperature, top_p=self.top_p, stop_ids=tok.stop_ids,
-                                  pad_id=tok.pad_id, seed=chunk_seed, compile=self.compile)
-            for r, j in enumerate(part):
-                judged[j] = [decode_completion(tok, out.completion(r * n + s)) for s in range(n)] * (k // n)
+        if isinstance(seed, (list, tuple)):  # per-answer seeds: each verdict independent of the batch
+            seed = [seed[todo[j]] for j in runs]
+        done = sample.completions(self.model, tok, [prompts[j] for j in runs], n=n, max_new_tokens=self.max_new_tokens,
+                                  temperature=self.temperature, top_p=self.top_p, seed=seed, compile=self.compile,
+                                  batch_size=self.batch_size)
+        judged = {j: [c.text for c in done[r * n:(r + 1) * n]] * (k // n) for r, j in enumerate(runs)}  # k texts each
         for i, j in zip(todo, source):
             texts[i] = judged[j]
             rewards[i] = sum(tasks.parse_verdict(t) for t in texts[i]) / k  # last tag; none: 0
         return rewards, texts
-
-
-def decode_completion(tokenizer, ids) -> str:
-    """A completion's text, without the stop token that ended it (other special tokens are kept,
-    so that nothing the model wrote disappears before the judge prompt neutralises it)."""
-    ids = list(ids)
-    if ids and ids[-1] in tokenizer.stop_ids:
-        ids = ids[:-1]
-    return tokenizer.decode(ids)
 
 
 def agreement(judged: list[bool], correct: list[bool]) -> dict:

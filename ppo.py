@@ -1,11 +1,14 @@
 """PPO for RLSR: advantages, the clipped loss, the update loop, and the fused log-probs they run on.
 
 Reads top to bottom:
-  1. Advantages   -- `group` (GRPO / Dr. GRPO, RLSR's setting) and `gae` (a value head, classic PPO).
+  1. Advantages   -- all of them, in token_advantages: `group` (GRPO / Dr. GRPO, RLSR's setting; the
+                     proposer's rows normalised among themselves) and `gae` (a value head, classic PPO).
   2. Loss         -- ppo_loss: clipped ratio (+ dual clip), k3 KL to the reference, entropy bonus,
                      token-level mean over the batch; value_loss for gae.
-  3. Update       -- response_logprobs (one forward, lm_head fused into the log-probs) and ppo_update
-                     (epochs x minibatches x micro-batches with gradient accumulation).
+  3. Update       -- response_logprobs (one forward, lm_head fused into the log-probs); prepare (one
+                     no-grad pass: old and reference log-probs, values, advantages), then update (one
+                     flat loop of epochs x minibatches, micro-batches accumulating gradients);
+                     ppo_update is the two in a row.
   4. Token log-probs -- log p(target) under softmax(hidden @ W.T / T) without ever building the
                      [tokens, vocab] logits (Qwen's 151,936-token vocab makes them gigabytes):
                      a chunked PyTorch autograd Function everywhere, Triton kernels on CUDA.
@@ -24,9 +27,9 @@ import os
 from contextlib import nullcontext
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
+
+from distributed import mean_over_ranks, world_size
 
 try:  # Triton is optional: ppo.py imports and runs (PyTorch path) without it
     import triton
@@ -53,6 +56,14 @@ def group_advantages(rewards, group_size, scale_std=True, eps=1e-6):
     return adv.view(-1)
 
 
+def proposal_advantages(rewards, eps=1e-6):
+    """The proposer's normalisation (--train-proposer): rewards [P] of the step's proposals -> each
+    against the others, (r - mean) / (std + eps); fewer than two proposals get 0."""
+    if rewards.numel() < 2:
+        return torch.zeros_like(rewards)
+    return (rewards - rewards.mean()) / (rewards.std() + eps)
+
+
 def gae_advantages(rewards, values, mask, gamma=1.0, lam=1.0):
     """GAE(gamma, lambda) over the masked (response) positions of each row.
 
@@ -72,6 +83,34 @@ def gae_advantages(rewards, values, mask, gamma=1.0, lam=1.0):
         next_value = torch.where(on, values[:, t].float(), next_value)  # skip gaps in the mask
         next_adv = torch.where(on, a, next_adv)
     return adv, (adv + values) * mask
+
+
+def token_advantages(cfg, batch, mask, values=None):
+    """Every row's advantage at its response tokens -> (advantages [B, T], returns [B, T] or None), 0
+    off the response mask [B, T].
+
+    gae: GAE over values [B, T] with the sequence reward batch["rewards"] [B] on each row's last
+    response token, whitened over the batch's response tokens with cfg.whiten_gae. group: given
+    batch["advantages"] ([B] or [B, T]) as they are, or from batch["rewards"] [B]: the rollouts (G
+    per problem, contiguous) against their group, then the last batch["proposals"] rows (the
+    proposer's) against each other; a [B] advantage is broadcast over the row's response tokens."""
+    if cfg.advantage == "gae":
+        B, T = mask.shape
+        last = (mask * torch.arange(T, device=mask.device)).argmax(1)
+        rewards = torch.zeros(B, T, device=mask.device).scatter(1, last[:, None], batch["rewards"].float()[:, None])
+        adv, returns = gae_advantages(rewards, values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_gae:
+            on = mask > 0
+            adv = torch.where(on, (adv - adv[on].mean()) / (adv[on].std() + 1e-8), 0.0)
+        return adv, returns
+    adv = batch.get("advantages")
+    if adv is None:
+        rewards = batch["rewards"]
+        n = len(rewards) - batch.get("proposals", 0)
+        adv = torch.cat([group_advantages(rewards[:n], cfg.group_size, cfg.scale_std),
+                         proposal_advantages(rewards[n:])])
+    adv = adv.float()
+    return (adv[:, None] if adv.dim() == 1 else adv) * mask, None
 
 
 class ValueHead(nn.Module):
@@ -166,21 +205,26 @@ def response_logprobs(model, input_ids, response_mask, temperature=1.0, return_e
 
     input_ids, response_mask [B, T] -> logp [B, T] fp32, entropy [B, T] or None, values [B, T] or None
     (0 off the mask; position t holds token t's log-prob from hidden[t-1], see the module docstring).
+    response_mask may stay on the host (a CPU tensor) while input_ids is on the GPU: the response
+    positions are then found on the host and sent with a non-blocking copy, so the call never waits for
+    the device (a mask on the device costs one sync, to count its response tokens).
     compute_dtype=torch.bfloat16: the forward runs in its own autocast region, and the log-probs get
     bf16 hidden states [N, d] and a bf16 cast of the lm_head [V, d] (its gradient reaches the fp32
     weight through the cast); the value head stays fp32.
     """
+    B, T = input_ids.shape
+    rows, cols = (response_mask[:, 1:] > 0).nonzero(as_tuple=True)  # column 0 has no state before it
+    positions = (rows * T + cols + 1).to(input_ids.device, non_blocking=True)  # [N] response tokens in [B*T]
     with forward_autocast(input_ids.device, compute_dtype):
         hidden = model(input_ids, return_hidden=True)        # [B, T, d]
-    on = response_mask[:, 1:] > 0
-    h = hidden[:, :-1][on]                                   # [N, d]: the states that predict response tokens
+    h = hidden.reshape(B * T, -1).index_select(0, positions - 1)  # [N, d]: the states that predict them
     W = model.output_weight                                  # [V, d]
-    out = token_logprobs(h.to(compute_dtype), W.to(compute_dtype), input_ids[:, 1:][on], temperature,
-                         return_entropy)
+    targets = input_ids.reshape(-1).index_select(0, positions)  # [N]
+    out = token_logprobs(h.to(compute_dtype), W.to(compute_dtype), targets, temperature, return_entropy)
     logp, ent = out if return_entropy else (out, None)
 
     def to_bt(x):  # [N] -> [B, T], zeros elsewhere (differentiable)
-        return F.pad(torch.zeros(on.shape, device=x.device, dtype=x.dtype).masked_scatter(on, x), (1, 0))
+        return x.new_zeros(B * T).index_copy(0, positions, x).view(B, T)
 
     values = to_bt(value_head(h)) if value_head is not None else None
     return to_bt(logp), (to_bt(ent) if ent is not None else None), values
@@ -190,133 +234,132 @@ def tokens_per_rank(n):
     """Response tokens n (a tensor), or under torchrun their mean over the ranks: each rank's loss is
     its token sum / that mean, and FSDP averages gradients over ranks, so the gradient is the
     token-level mean over the global minibatch (2 ranks x half the batch == 1 rank x all of it)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        n = n.clone()
-        dist.all_reduce(n)
-        n = n / dist.get_world_size()
-    return n
+    return mean_over_ranks(n)
+
+
+def minibatch_sizes(cfg, B) -> tuple[int, int]:
+    """(rows per optimizer step, rows per forward) of this rank's B rows: cfg.minibatch_size is global,
+    over all torchrun ranks (0: the whole batch); cfg.micro_batch_size is per rank (0: the minibatch)."""
+    world = world_size()
+    if cfg.minibatch_size % world:
+        raise ValueError(f"minibatch_size {cfg.minibatch_size} is global: it must be a multiple of the "
+                         f"{world} ranks")
+    mb = cfg.minibatch_size // world or B
+    return mb, min(cfg.micro_batch_size or mb, mb)
 
 
 def _split(rows, size):
     return [rows[i:i + size] for i in range(0, len(rows), size)]
 
 
-def ppo_update(policy, optimizer, batch, cfg, ref_model=None, value_head=None, compute_dtype=torch.float32):
-    """Run cfg.ppo_epochs x minibatches of PPO on one batch of rollouts; returns mean stats (floats).
+def _rows(batch, rows, keys) -> tuple:
+    """Rows (host indices) of the batch's [B, T] tensors named in keys (absent or None ones skipped),
+    cut after the rows' last response token (causal attention: the cut columns change nothing)
+    -> (the indices on the device, {key: [rows, t]}, each where its tensor is)."""
+    t = int(batch["ends"][rows].max())
+    r = rows.to(batch["input_ids"].device, non_blocking=True)  # a pageable host->device copy: no wait
+    return r, {k: batch[k][rows if batch[k].device == rows.device else r, :t] for k in keys
+               if batch.get(k) is not None}
 
-    cfg: a config.TrainConfig, duck-typed: only ppo_epochs, minibatch_size (GLOBAL rollouts per
-    optimizer step, over all torchrun ranks; 0: the whole batch), micro_batch_size (rollouts per
-    forward on this rank; 0: the rank's minibatch), clip_eps, dual_clip (0: off), kl_coef,
-    entropy_coef, max_grad_norm, temperature, advantage, group_size, scale_std, gamma, lam, vf_coef,
-    value_clip (0: unclipped), whiten_gae and recompute_old_logp are read.
+
+def ppo_update(policy, optimizer, batch, cfg, ref_model=None, value_head=None, compute_dtype=torch.float32):
+    """PPO on one batch of rollouts: prepare (everything the update needs), then update (cfg.ppo_epochs
+    x minibatches) -> mean stats (floats). The arguments are theirs."""
+    prepared = prepare(policy, batch, cfg, ref_model, value_head, compute_dtype)
+    return update(policy, optimizer, prepared, cfg, value_head, compute_dtype)
+
+
+def prepare(policy, batch, cfg, ref_model=None, value_head=None, compute_dtype=torch.float32) -> dict:
+    """Everything the update needs, computed before its first step by one no-grad pass over the rows
+    (micro-batches of cfg.micro_batch_size) -> a new dict: the batch, plus or replaced:
+
+      old_logp [B, T]    the policy's own (unless cfg.recompute_old_logp is False and the batch holds
+                         the sampler's), at cfg.temperature
+      ref_logp [B, T]    ref_model's when cfg.kl_coef > 0 (unless the batch holds them), else None
+      old_values, returns [B, T]   with gae: value_head's values, and GAE's returns (else None)
+      advantages [B, T]  token_advantages, 0 off the response mask
+      host_mask [B, T]   (host) the response mask: response_logprobs finds the positions without a sync
+      ends [B]           (host) each row's last response position + 1: micro-batches cut the padding
+      sampler_logp_err   0-d: max |sampler - recomputed| old log-prob over all response tokens (or None)
+
     batch (this rank's rows): input_ids [B, T] (prompt + completion, right padded), response_mask
-    [B, T] (1 at completion tokens: position t is token t, predicted from hidden[t-1]), advantages
-    [B] or [B, T] (or rewards [B] with cfg.group_size for group advantages; rewards [B] for gae),
-    optionally old_logp [B, T] (the sampler's, at cfg.temperature) and ref_logp [B, T]. With gae,
-    value_head's parameters must be in the optimizer. compute_dtype: torch.float32, or torch.bfloat16
-    for bf16 forwards over the fp32 weights, each in its own autocast region (see response_logprobs).
-    Do not wrap the call in autocast: one region around it caches bf16 weights across the steps.
-    Old log-probs: unless cfg.recompute_old_logp is False and old_logp is given, they come from our
-    own forward -- the first minibatch of epoch 0 takes them from its training forward (no step has
-    happened yet), the other rows from one no-grad pass first.
-    Stats: token-weighted means of ppo_loss's stats (and vf_loss with gae), the mean per optimizer
-    step of loss and grad_norm, and sampler_logp_err: the max over all response tokens of the batch
-    of |sampler - recomputed| old log-prob (when both exist). Kept as tensors, read once at the end.
+    [B, T] (1 at completion tokens: position t is token t, predicted from hidden[t-1]), advantages [B]
+    or [B, T], or rewards [B] (+ proposals, see token_advantages); optionally old_logp [B, T] (the
+    sampler's, at cfg.temperature) and ref_logp [B, T]. cfg: a config.TrainConfig, duck-typed.
     """
     ids, mask = batch["input_ids"], batch["response_mask"].float()
     B, T = ids.shape
-    dev = ids.device
     gae = cfg.advantage == "gae"
     if gae and value_head is None:
         raise ValueError("advantage='gae' needs a value_head")
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    if cfg.minibatch_size % world:
-        raise ValueError(f"minibatch_size {cfg.minibatch_size} is global: it must be a multiple of the "
-                         f"{world} ranks")
-    mb = cfg.minibatch_size // world or B  # this rank's rows per optimizer step
-    micro = min(cfg.micro_batch_size or mb, mb)
-    perms = [torch.randperm(B) for _ in range(cfg.ppo_epochs)]  # host indices: row lengths need no sync
-    # per row: last response position + 1 (1 when none), read once so each micro-batch cuts its padding
-    ends = ((mask > 0) * torch.arange(1, T + 1, device=dev)).amax(1).clamp(min=1).cpu()
-    have_old = batch.get("old_logp") is not None
-    need_old = not have_old or cfg.recompute_old_logp
-    old_logp = torch.zeros(B, T, device=dev) if need_old else batch["old_logp"].float()
-    sampler_err = []  # per micro-batch: max |sampler - recomputed| old log-prob
-
-    def on_dev(rows):  # a pageable host->device copy is staged at once: no wait for the device
-        return rows.to(dev, non_blocking=True)
-
-    def select(rows, tensors):
-        """Rows (host indices) of mask and of each [B, T] tensor in a dict, cut after the rows' last
-        response token (causal attention: the cut columns change nothing)."""
-        t = int(ends[rows].max())
-        r = on_dev(rows)
-        return r, mask[r, :t], {k: x[r, :t] for k, x in tensors.items()}
-
-    def forward(model, x, mask_r, entropy=False, head=None):
-        return response_logprobs(model, x["ids"], mask_r, cfg.temperature, entropy, head, compute_dtype)
-
-    def check_sampler(r, mask_r, lp):
-        if have_old and need_old:
-            err = (batch["old_logp"][r, :mask_r.shape[1]].float() - lp).abs()
-            sampler_err.append(torch.where(mask_r > 0, err, 0.0).amax())
-
-    # no-grad pass: old log-probs of the rows outside epoch 0's first minibatch; with gae, old values of all rows
-    pre_rows = torch.arange(B) if gae else perms[0][mb:] if need_old else perms[0][:0]
-    old_values = torch.zeros(B, T, device=dev) if gae else None
+    ref_logp = batch.get("ref_logp") if cfg.kl_coef > 0 else None  # kl_coef == 0: no reference at all
+    need_ref = cfg.kl_coef > 0 and ref_logp is None
+    if need_ref and ref_model is None:
+        raise ValueError("kl_coef > 0 needs batch['ref_logp'] or a ref_model")
+    sampler_logp = batch.get("old_logp")
+    recompute = sampler_logp is None or cfg.recompute_old_logp
+    old_logp = torch.zeros(B, T, device=ids.device) if recompute else sampler_logp.float()
+    if need_ref:
+        ref_logp = torch.zeros(B, T, device=ids.device)
+    old_values = torch.zeros(B, T, device=ids.device) if gae else None
+    host_mask = mask.cpu()  # the update's one host sync
+    ends = ((host_mask > 0) * torch.arange(1, T + 1)).amax(1).clamp(min=1)
+    out = dict(batch, response_mask=mask, host_mask=host_mask, ends=ends)
+    errors = []  # per micro-batch: max |sampler - recomputed| old log-prob
     with torch.no_grad():
-        for rows in _split(pre_rows, micro):
-            r, mask_r, x = select(rows, dict(ids=ids))
-            lp, _, v = forward(policy, x, mask_r, head=value_head if gae else None)
-            if need_old:
-                old_logp[r, :lp.shape[1]] = lp
-                check_sampler(r, mask_r, lp)
-            if gae:
-                old_values[r, :v.shape[1]] = v
+        for rows in _split(torch.arange(B), minibatch_sizes(cfg, B)[1]):
+            r, x = _rows(out, rows, ("input_ids", "response_mask", "host_mask"))
+            m, t = x["response_mask"], x["response_mask"].shape[1]
+            if recompute or gae:
+                lp, _, v = response_logprobs(policy, x["input_ids"], x["host_mask"], cfg.temperature, False,
+                                             value_head if gae else None, compute_dtype)
+                if recompute:
+                    old_logp[r, :t] = lp
+                if recompute and sampler_logp is not None:
+                    errors.append(torch.where(m > 0, (sampler_logp[r, :t].float() - lp).abs(), 0.0).amax())
+                if gae:
+                    old_values[r, :t] = v
+            if need_ref:
+                ref_logp[r, :t] = response_logprobs(ref_model, x["input_ids"], x["host_mask"], cfg.temperature,
+                                                    False, None, compute_dtype)[0]
+    advantages, returns = token_advantages(cfg, batch, mask, old_values)
+    out.update(old_logp=old_logp, ref_logp=ref_logp, old_values=old_values, returns=returns, advantages=advantages,
+               sampler_logp_err=torch.stack(errors).amax() if errors else None)
+    return out
 
-    adv, returns = token_advantages(batch, mask, cfg, old_values)
 
-    # reference log-probs for the KL penalty (kl_coef == 0: no reference pass at all)
-    ref_logp = batch.get("ref_logp") if cfg.kl_coef > 0 else None
-    if cfg.kl_coef > 0 and ref_logp is None:
-        if ref_model is None:
-            raise ValueError("kl_coef > 0 needs batch['ref_logp'] or a ref_model")
-        ref_logp = torch.zeros(B, T, device=dev)
-        with torch.no_grad():
-            for rows in _split(torch.arange(B), micro):
-                r, mask_r, x = select(rows, dict(ids=ids))
-                ref_logp[r, :mask_r.shape[1]] = forward(ref_model, x, mask_r)[0]
+def update(policy, optimizer, batch, cfg, value_head=None, compute_dtype=torch.float32) -> dict:
+    """cfg.ppo_epochs x minibatches of PPO on a prepared batch (see prepare) -> mean stats (floats).
 
-    per_row = dict(ids=ids, adv=adv, old=old_logp)
-    if ref_logp is not None:
-        per_row["ref"] = ref_logp
-    if gae:
-        per_row.update(old_values=old_values, returns=returns)
+    Each epoch shuffles the rows (torch's global RNG); each minibatch (cfg.minibatch_size rollouts,
+    global) is one optimizer step on the token-level mean loss over its response tokens (all ranks'),
+    its gradient accumulated over micro-batches (cfg.micro_batch_size rollouts per forward, per
+    rank). With gae, value_head's parameters must be in the optimizer. compute_dtype: torch.float32,
+    or torch.bfloat16 for bf16 forwards over the fp32 weights, each in its own autocast region (see
+    response_logprobs); do not wrap the call in autocast: one region around it caches bf16 weights
+    across the steps. Stats: token-weighted means of ppo_loss's stats (and vf_loss with gae), the
+    mean per optimizer step of loss and grad_norm, and prepare's sampler_logp_err; kept as device
+    tensors and read once at the end.
+    """
+    B = batch["input_ids"].shape[0]
+    mb, micro = minibatch_sizes(cfg, B)
+    keys = ("input_ids", "response_mask", "host_mask", "old_logp", "advantages", "ref_logp", "old_values", "returns")
+    head = value_head if cfg.advantage == "gae" else None
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sums, tokens, steps = {}, 0.0, 0  # running sums as fp64 device tensors: no host sync until the end
-
-    for epoch, perm in enumerate(perms):
+    for _ in range(cfg.ppo_epochs):
+        perm = torch.randperm(B)  # host indices: row lengths need no sync
         for i0 in range(0, B, mb):
             rows = perm[i0:i0 + mb]
-            n_tok = tokens_per_rank(mask[on_dev(rows)].sum()).clamp(min=1)  # token-level mean over the minibatch
+            r = rows.to(batch["input_ids"].device, non_blocking=True)
+            n_tok = tokens_per_rank(batch["response_mask"][r].sum()).clamp(min=1)  # the minibatch's token count
             optimizer.zero_grad(set_to_none=True)
             mb_loss = 0.0
             for micro_rows in _split(rows, micro):
-                r, mask_r, x = select(micro_rows, per_row)
-                logp, ent, values = forward(policy, x, mask_r, True, value_head if gae else None)
-                if need_old and epoch == 0 and i0 == 0 and not gae:  # no step yet: this forward is the old policy
-                    x["old"] = logp.detach()
-                    old_logp[r, :mask_r.shape[1]] = x["old"]
-                    check_sampler(r, mask_r, x["old"])
-                loss, st = ppo_loss(logp, x["old"], x["adv"], mask_r, x.get("ref"), cfg.clip_eps, cfg.dual_clip,
-                                    cfg.kl_coef, ent, cfg.entropy_coef, num_tokens=n_tok)
-                if gae:
-                    vl = value_loss(values, x["old_values"], x["returns"], mask_r, cfg.value_clip, n_tok)
-                    loss = loss + cfg.vf_coef * vl
-                    st["vf_loss"] = vl.detach() * n_tok / mask_r.sum().clamp(min=1)
+                loss, st, n_r = micro_batch_loss(policy, _rows(batch, micro_rows, keys)[1], cfg, n_tok, head,
+                                                 compute_dtype)
                 loss.backward()
                 mb_loss = mb_loss + loss.detach().double()
-                n_r = mask_r.sum().double()
                 for k, v in st.items():
                     sums[k] = sums.get(k, 0.0) + v.double() * n_r
                 tokens = tokens + n_r
@@ -327,38 +370,31 @@ def ppo_update(policy, optimizer, batch, cfg, ref_model=None, value_head=None, c
             sums["loss"] = sums.get("loss", 0.0) + mb_loss
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.double()
             steps += 1
-
-    return mean_stats(sums, tokens, steps, sampler_err)
-
-
-def token_advantages(batch, mask, cfg, old_values=None):
-    """-> (advantages [B, T], returns [B, T] or None), 0 off the response mask [B, T]. gae: GAE over
-    old_values with the sequence reward on each row's last response token (whitened over the batch's
-    response tokens with cfg.whiten_gae). group: batch["advantages"] ([B] or [B, T]), or group
-    advantages of batch["rewards"], broadcast over each row's response tokens."""
-    if cfg.advantage == "gae":
-        B, T = mask.shape
-        last = (mask * torch.arange(T, device=mask.device)).argmax(1)
-        rewards = torch.zeros(B, T, device=mask.device).scatter(1, last[:, None], batch["rewards"].float()[:, None])
-        adv, returns = gae_advantages(rewards, old_values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_gae:
-            on = mask > 0
-            adv = torch.where(on, (adv - adv[on].mean()) / (adv[on].std() + 1e-8), 0.0)
-        return adv, returns
-    adv = batch.get("advantages")
-    if adv is None:
-        adv = group_advantages(batch["rewards"], cfg.group_size, cfg.scale_std)
-    adv = adv.float()
-    return (adv[:, None] if adv.dim() == 1 else adv) * mask, None
+    return mean_stats(sums, tokens, steps, batch.get("sampler_logp_err"))
 
 
-def mean_stats(sums, tokens, steps, sampler_err) -> dict:
+def micro_batch_loss(policy, x, cfg, n_tok, value_head, compute_dtype) -> tuple:
+    """One forward of a micro-batch (x: the prepared [rows, t] tensors) -> (its part of the minibatch's
+    loss, normalised by the minibatch's n_tok tokens; its stats; its response tokens, fp64)."""
+    mask = x["response_mask"]
+    logp, ent, values = response_logprobs(policy, x["input_ids"], x["host_mask"], cfg.temperature, True, value_head,
+                                          compute_dtype)
+    loss, st = ppo_loss(logp, x["old_logp"], x["advantages"], mask, x.get("ref_logp"), cfg.clip_eps, cfg.dual_clip,
+                        cfg.kl_coef, ent, cfg.entropy_coef, num_tokens=n_tok)
+    if value_head is not None:
+        vl = value_loss(values, x["old_values"], x["returns"], mask, cfg.value_clip, n_tok)
+        loss = loss + cfg.vf_coef * vl
+        st["vf_loss"] = vl.detach() * n_tok / mask.sum().clamp(min=1)
+    return loss, st, mask.sum().double()
+
+
+def mean_stats(sums, tokens, steps, sampler_err=None) -> dict:
     """The update's running sums (device tensors) -> floats, with the update's one host sync: loss and
-    grad_norm per optimizer step, sampler_logp_err the max over micro-batches, the rest per token."""
+    grad_norm per optimizer step, sampler_logp_err (a 0-d tensor) as it is, the rest per token."""
     if not sums:
         return {}
-    if sampler_err:  # a max over every response token of the batch, not a mean
-        sums["sampler_logp_err"] = torch.stack(sampler_err).amax().double()
+    if sampler_err is not None:  # a max over every response token of the batch, not a mean
+        sums["sampler_logp_err"] = sampler_err.double()
     names = list(sums)
     *values, n_tokens = torch.stack([sums[k] for k in names] + [tokens]).tolist()
     per = dict(loss=steps, grad_norm=steps, sampler_logp_err=1)  # the rest: per response token
@@ -688,10 +724,12 @@ def _triton_forward(h, W, targets, inv_temp, want_entropy, chunk_bytes):
 
 def _triton_backward(h, W, targets, lse, ez, g, g_ent, inv_temp, need_dh, need_dw, chunk_bytes):
     """Per token chunk: the dlogits kernel recomputes the logits and fills a [chunk, V] block G of
-    dL/dz (the one step torch cannot fuse), then cuBLAS does dH = G @ W and dW += G.T @ H.
+    dL/dz (the one step torch cannot fuse), then GEMMs write dH[chunk] = G @ W and add dW += G.T @ H.
 
-    bf16 inputs: G, dH and dW are bf16 (fp32 accumulation inside each GEMM; dW rounds once per
-    token chunk). The chunk is a whole number of BLOCK_N tiles. Returns dh [N, d], dw [V, d].
+    bf16 inputs: G and the GEMM operands are bf16 (tensor cores); the GEMMs accumulate and write fp32,
+    so dW is summed over the chunks in fp32 (an fp32 [V, d]), and past G's own bf16 rounding the only
+    one is _FusedLogprob's cast to the inputs' dtype. The chunk is a whole number of BLOCK_N tiles.
+    Returns dh [N, d], dw [V, d] fp32 (or None).
     """
     N, D = h.shape
     V = W.shape[0]
@@ -705,8 +743,8 @@ def _triton_backward(h, W, targets, lse, ez, g, g_ent, inv_temp, need_dh, need_d
     ge = g_ent.float().contiguous() if g_ent is not None else g
     ez = ez if ez is not None else g
     Wg, hg = W.to(gdtype), h.to(gdtype)  # GEMM operands in G's dtype (a copy only for mixed h, W dtypes)
-    dh = torch.empty(N, D, device=h.device, dtype=gdtype) if need_dh else None
-    dw = torch.zeros(V, D, device=h.device, dtype=gdtype) if need_dw and N == 0 else None
+    dh = torch.zeros(N, D, device=h.device) if need_dh else None
+    dw = torch.zeros(V, D, device=h.device) if need_dw else None
     for n0 in range(0, N, n_chunk):
         n1 = min(N, n0 + n_chunk)
         Gc = G[:n1 - n0]
@@ -717,7 +755,35 @@ def _triton_backward(h, W, targets, lse, ez, g, g_ent, inv_temp, need_dh, need_d
                                           inv_temp, BLOCK_N=BN, BLOCK_V=BV, BLOCK_D=BD, FP32=fp32,
                                           ENTROPY=g_ent is not None, num_warps=warps)
         if need_dh:
-            torch.mm(Gc, Wg, out=dh[n0:n1])
-        if need_dw:  # the first chunk writes dW, the others add to it
-            dw = torch.mm(Gc.T, hg[n0:n1]) if n0 == 0 else dw.addmm_(Gc.T, hg[n0:n1])
+            _addmm_fp32(dh[n0:n1], Gc, Wg)
+        if need_dw:
+            _addmm_fp32(dw, Gc.T, hg[n0:n1])
     return dh, dw
+
+
+_FP32_OUT_GEMM = {}  # device -> whether torch.addmm there writes fp32 from 16-bit operands
+
+
+def _fp32_out_gemm(device):
+    """Whether torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc) accumulates 16-bit a, b into an
+    fp32 acc on this device (cuBLAS with an fp32 C; CUDA in recent torch). Tried once per device."""
+    if device not in _FP32_OUT_GEMM:
+        works = False
+        if device.type == "cuda":
+            acc, one = torch.ones(1, 1, device=device), torch.ones(1, 1, device=device, dtype=torch.bfloat16)
+            try:
+                torch.addmm(acc, one, one, out_dtype=torch.float32, out=acc)
+                works = acc.item() == 2.0  # one host sync per process
+            except (RuntimeError, TypeError):
+                pass
+        _FP32_OUT_GEMM[device] = works
+    return _FP32_OUT_GEMM[device]
+
+
+def _addmm_fp32(acc, a, b):
+    """acc [m, n] fp32 += a [m, k] @ b [k, n] (a, b 16-bit or fp32). Products of 16-bit numbers are exact
+    in fp32, so both ways give the same fp32 sum: cuBLAS reads the 16-bit operands (tensor cores) where
+    torch can write its fp32 result; elsewhere (CPU, the interpreter, older torch) fp32 copies of them."""
+    if a.dtype != torch.float32 and _fp32_out_gemm(acc.device):
+        return torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    return acc.addmm_(a.float(), b.float())

@@ -16,14 +16,18 @@ admitted problems are truly solvable and how many witnesses are right, for the l
 
 With --train-proposer the proposal tokens get their own PPO term: reward 1 - pass rate inside the
 band (Absolute Zero's learnability), 0 outside it, -1 for an invalid, repeated or judge-rejected
-proposal; advantages normalised over the step's proposals.
+proposal; advantages normalised over the step's proposals (ppo.proposal_advantages).
+
+`Proposer` is the stage as train.py's step calls it (admission, the band, the buffer, the metrics,
+the ranks' counts through distributed.py); the functions after it are its parts.
 """
 
 import json
 from collections import deque
 
 import sample
-from judge import agreement, decode_completion, passed
+from distributed import all_items, rank_and_world, sum_over_ranks
+from judge import agreement, passed
 
 BUFFER_SIZE = 512  # recent admitted problems kept for deduplication and reuse
 
@@ -61,13 +65,94 @@ class ProblemBuffer:
         return list(self.items)
 
 
-def examples(cfg, task, buffer, rng, difficulty) -> tuple[list, int]:
+class Proposer:
+    """RLSR's first stage, step by step (train.py calls these in order each step):
+
+        admitted(...)      the policy proposes, its own judge admits -> the step's problems
+        keep(groups, k)    their scored groups (this rank's) -> those inside the learnability band;
+                           every admitted problem enters the buffer with its pass rate
+        from_buffer(k)     problems admitted at earlier steps, for a step short of learnable ones
+        renew(groups)      the scored groups of those: pass rates renewed in the buffer
+        rows()             --train-proposer: this rank's proposals with their learnability reward
+        metrics(groups)    the step's counts over every rank, for metrics.jsonl
+
+    Every rank proposes and admits the same problems (the same seeds), and solves its share of them.
+    The buffer (a ProblemBuffer) lives across steps and in checkpoints."""
+
+    def __init__(self, cfg, task, buffer):
+        self.cfg, self.task, self.buffer = cfg, task, buffer
+
+    def admitted(self, model, tok, judge, timer, rng, seed, judge_seeds) -> list[dict]:
+        """The step's propose_n proposals (examples drawn with rng, sampled with seed) -> the problems
+        the judge admits (judge_seeds: one per proposal). --problems self-mixed admits every new valid one."""
+        cfg = self.cfg
+        self.shown, self.from_task = examples(cfg, self.task, self.buffer, rng)
+        with timer("generate"):
+            self.proposals = propose(cfg, model, tok, self.task, self.shown, seed)
+        with timer("judge"):
+            judge = judge if cfg.problems == "self" else None
+            admitted = admit(self.proposals, judge, self.buffer, self.shown, judge_seeds, self.task)
+        self.problems = [p["problem"] for p in admitted]
+        return self.problems
+
+    def keep(self, groups, quota) -> list:
+        """This rank's scored groups of the admitted problems -> at most quota worth training on: pass
+        rate inside the band (self-mixed: mixed rewards). Records every proposal's learnability reward."""
+        self.candidates, self.n_reused = groups, 0
+        rates = dict(all_items([(canonical(g[0]["problem"]), pass_rate(g)) for g in groups]))
+        self.earlier = ProblemBuffer(self.buffer.state())  # what from_buffer draws on: problems of earlier steps
+        for problem in self.problems:  # every rank adds the same problems in the same order
+            self.buffer.add(problem, rates[canonical(problem)])
+        if self.cfg.train_proposer:
+            for p, reward in zip(self.proposals, proposer_rewards(self.proposals, rates, self.cfg.band)):
+                p["reward"] = reward
+        if self.cfg.problems == "self-mixed":
+            self.kept = [g for g in groups if len({r["reward"] for r in g}) > 1][:quota]
+        else:
+            self.kept = [g for g in groups if in_band(g, self.cfg.band)][:quota]
+        return self.kept
+
+    def from_buffer(self, k, rng) -> list:
+        """Up to k problems admitted at earlier steps (--problems self; none while the buffer is empty)."""
+        if k <= 0 or not self.earlier.items or self.cfg.problems != "self":
+            return []
+        return reuse(self.earlier, self.cfg.band, k, rng)
+
+    def renew(self, groups) -> list:
+        """The scored groups of problems from_buffer gave: their pass rates renewed in the buffer."""
+        for g in groups:
+            self.buffer.add(g[0]["problem"], pass_rate(g))
+        self.n_reused = len(groups)
+        return groups
+
+    def rows(self) -> list[dict]:
+        """--train-proposer: this rank's share of the proposals, each with its reward (PPO rows); else []."""
+        rank, world = rank_and_world()
+        return self.proposals[rank::world] if self.cfg.train_proposer else []
+
+    def metrics(self, groups) -> dict:
+        """The step's proposal metrics over every rank; groups: this rank's trained groups (kept, reused,
+        then the task's). The verifier and the solver only measure here."""
+        task = self.task
+        solvable = {canonical(p): bool(task.solvable(p)) for p in self.problems} if hasattr(task, "solvable") else {}
+        out = {**measure(task, self.proposals, self.candidates, solvable), "examples_from_task": self.from_task}
+        kept = all_items([solvable[canonical(g[0]["problem"])] for g in self.kept] if solvable else [])
+        if kept:
+            out["trained_solvable"] = sum(kept) / len(kept)
+        n_self, n_reused, n = sum_over_ranks((len(self.kept), self.n_reused, len(groups)))
+        out.update(problems_self=n_self, problems_reused=n_reused, self_share=(n_self + n_reused) / n)
+        if self.cfg.train_proposer:
+            out["proposer_reward"] = sum(p["reward"] for p in self.proposals) / len(self.proposals)
+        return out
+
+
+def examples(cfg, task, buffer, rng) -> tuple[list, int]:
     """Problems shown in the propose prompt: the policy's own admitted ones once the buffer holds
     enough, else the task generator's -> (examples, how many came from the generator)."""
     own = buffer.pool(cfg.band)
     if len(own) >= cfg.propose_examples:
         return rng.sample(own, cfg.propose_examples), 0
-    shown = task.make_problems(cfg.propose_examples, seed=rng.randrange(2**31), split="train", **difficulty)
+    shown = task.make_problems(cfg.propose_examples, seed=rng.randrange(2**31), split="train", **cfg.difficulty)
     return shown, len(shown)
 
 
@@ -75,17 +160,13 @@ def propose(cfg, model, tok, task, shown, seed) -> list[dict]:
     """propose_n proposals -> [{"problem", "witness", "text", "completion", "prompt", "logp"}] with
     problem None where the text holds no valid proposal."""
     prompt = tok.encode_chat(task.propose_prompt(shown, style=cfg.prompt_style))
-    out = sample.generate(model, [prompt], n=cfg.propose_n, max_new_tokens=cfg.propose_max_new_tokens,
-                          temperature=cfg.temperature, top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
-                          seed=seed, compile=cfg.compile)
     rows = []
-    for i in range(cfg.propose_n):
-        ids = out.completion(i)
-        text = decode_completion(tok, ids)
-        parsed = task.parse_proposal(text) if cfg.problems == "self" else (task.parse_problem(text), None)
+    for c in sample.completions(model, tok, [prompt], n=cfg.propose_n, max_new_tokens=cfg.propose_max_new_tokens,
+                                temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, compile=cfg.compile):
+        parsed = task.parse_proposal(c.text) if cfg.problems == "self" else (task.parse_problem(c.text), None)
         problem, witness = parsed if parsed else (None, None)
-        rows.append(dict(problem=problem, witness=witness, text=text, completion=ids, prompt=prompt,
-                         logp=out.logprobs[i, :len(ids)].float().cpu()))
+        rows.append(dict(problem=problem, witness=witness, text=c.text, completion=c.ids, prompt=prompt,
+                         logp=c.logp))
     return rows
 
 

@@ -1,4 +1,4 @@
-"""How the policy's own judge admits its own Countdown proposals (issue 14's admission step, measured).
+"""How the policy's own judge admits its own Countdown proposals (the admission step of --problems self, measured).
 
     python experiments/admission.py                         # the shipped model, 400 proposals
     python experiments/admission.py --model DIR --n 800
@@ -26,12 +26,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import quiet_threads  # noqa: E402,F401  (before torch: idle OpenMP threads sleep)
+import sample  # noqa: E402
 import tasks  # noqa: E402
 from checkpoint import CheckpointError, read_meta  # noqa: E402
-from eval import sample_texts  # noqa: E402
 from judge import Judge, agreement, passed  # noqa: E402
-from model import Qwen, Tokenizer  # noqa: E402
+from model import Qwen  # noqa: E402
 from tasks import countdown  # noqa: E402
+from tokenizer import Tokenizer  # noqa: E402
 
 BANDS = [(0.25, 0.75), (0.375, 0.75), (0.5, 0.75), (0.5, 1.0), (0.25, 1.0)]
 _LISTS = re.compile(r"^uses ([\d ]+) need ([\d ]+) (ok|no)$")
@@ -91,9 +92,9 @@ def band_rows(model, tok, task, judge, problems, solvable, g, seed, style, max_n
     answers, rows = [], []
     if problems:
         prompts = [tok.encode_chat(task.prompt(p, style=style)) for p in problems]
-        solved, _ = sample_texts(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed + 1,
-                                 batch_size=256, n=g)
-        answers = [task.extract_answer(t) for t in solved]
+        solved = sample.completions(model, tok, prompts, n=g, max_new_tokens=max_new_tokens, temperature=1.0,
+                                    seed=seed + 1, batch_size=256)
+        answers = [task.extract_answer(c.text) for c in solved]
         rows = [problems[k // g] for k in range(len(answers))]
     rewards, _ = judge.score(rows, answers, seed=seed) if rows else ([], [])
     correct = [task.verify(p, a) for p, a in zip(rows, answers)]
@@ -136,7 +137,8 @@ def main(argv=None):
     rng = random.Random(args.seed)
     shown = task.make_problems(300, 0, split="test", **difficulty)
     prompts = [tok.encode_chat(task.propose_prompt(rng.sample(shown, 3), style=style)) for _ in range(args.n)]
-    texts, _ = sample_texts(model, tok, prompts, max_new_tokens=96, temperature=1.0, seed=args.seed, batch_size=256)
+    texts = [c.text for c in sample.completions(model, tok, prompts, max_new_tokens=96, temperature=1.0, seed=args.seed,
+                                                batch_size=256)]
     parsed = [p for p in map(task.parse_proposal, texts) if p]
     problems, witnesses = [p for p, _ in parsed], [w for _, w in parsed]
     right = [task.verify(p, w) for p, w in parsed]

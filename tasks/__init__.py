@@ -30,7 +30,7 @@ The task-module contract. A problem is a JSON-serialisable dict; messages are a 
       executes the answer (no eval, no exec, no handing text to sympy's parser: answers are
       whitelisted and parsed by our own code), is time-bounded, and is False, never an exception, for
       None, malformed, hostile or oversized answers. A task may also offer
-      verify_many(problems, answers) -> [bool], the same verdicts for a batch (callers check for it).
+      verify_many(problems, answers) -> [bool], the same verdicts for a batch (verify_all below uses it).
   judge_prompt(problem, answer, style="full") -> messages
       what a judge model sees: the problem and the extracted answer only, never the solver's
       reasoning, with the answer cut and neutralised (judged_answer). The verdict is the judge's last
@@ -45,10 +45,11 @@ The task-module contract. A problem is a JSON-serialisable dict; messages are a 
       ideal judge response, whose verdict always agrees with verify; a plausible wrong answer (verify
       is False for it).
 
-The helpers shared by every task live here: `extract_answer` (the last <answer> block),
-`neutralise` (defangs tags and special tokens in model text we paste into another prompt) and
-`parse_verdict` (the judge's last <JUDGE_SCORE> tag), plus the self-correction trajectory format.
-They read untrusted model text, so they are written as plain string scans with no backtracking
+The helpers shared by every task live here: `verify_all` (a task's verifier on a batch of answers),
+`extract_answer` (the last <answer> block), `neutralise` (defangs tags and special tokens in model
+text we paste into another prompt) and `parse_verdict` (the judge's last <JUDGE_SCORE> tag), plus the
+self-correction trajectory format. The text helpers read untrusted model text, so they are written
+as plain string scans with no backtracking
 regexes over the whole completion. Helper modules that are not tasks: calculus.py (the integration
 answer language: parser, cost limits, numeric evaluation), checks.py (is F an antiderivative of f),
 definite.py (the value of a definite integral) and pool.py (killable worker processes with a time
@@ -67,6 +68,20 @@ def get(name):
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r} (known: {', '.join(TASKS)})")
     return importlib.import_module(f"tasks.{name}")
+
+
+def verify_all(task, problems, answers) -> list[bool]:
+    """The task's verifier on each (problem, answer) -> [bool], through its verify_many when it has
+    one; a missing answer is wrong without a call. The one way a batch of answers is verified."""
+    todo = [i for i, a in enumerate(answers) if a is not None]
+    if hasattr(task, "verify_many"):
+        verdicts = task.verify_many([problems[i] for i in todo], [answers[i] for i in todo])
+    else:
+        verdicts = [task.verify(problems[i], answers[i]) for i in todo]
+    correct = [False] * len(answers)
+    for i, v in zip(todo, verdicts):
+        correct[i] = bool(v)
+    return correct
 
 
 # -----------------------------------------------------------------------------

@@ -16,7 +16,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import sample  # noqa: E402
-from model import Qwen, QwenConfig, Tokenizer  # noqa: E402
+from model import Qwen, QwenConfig  # noqa: E402
+from tokenizer import Tokenizer  # noqa: E402
 
 CORPUS = ["Using the numbers [3, 5, 7], create an equation that equals 22. <answer> 3 * 5 + 7 </answer>",
           "<think> 5 * 3 = 15, 15 + 7 = 22 </think> <JUDGE_SCORE>1</JUDGE_SCORE> <JUDGE_SCORE>0</JUDGE_SCORE>",

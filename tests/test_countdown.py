@@ -183,10 +183,8 @@ def test_exactness_beats_float_checkers():
 
 @settings(max_examples=1500, **SETTINGS)
 @given(st.text(max_size=80))
-def test_fuzzed_strings_never_raise_and_are_fast(text):
-    start = time.perf_counter()
+def test_fuzzed_strings_never_raise(text):  # (bench/reject.py times them)
     assert cd.verify({"numbers": [1, 2, 3], "target": 6}, text) in (True, False)
-    assert time.perf_counter() - start < 0.5
 
 
 @settings(max_examples=1000, **SETTINGS)

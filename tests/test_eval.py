@@ -8,7 +8,9 @@ import pytest
 import eval as ev
 import sample
 import tasks
-from model import Qwen, Tokenizer
+from config import EvalConfig
+from model import Qwen
+from tokenizer import Tokenizer
 from conftest import scripted_generate
 
 countdown = tasks.get("countdown")
@@ -68,12 +70,20 @@ def test_cli_table_json_and_two_models(tiny_ckpt, scripted, tmp_path, capsys):
         assert r["mean@2"] == pytest.approx(1 / 3) and r["judge_fp"] == 2 and r["prompt_style"] == "full"
 
 
-def test_cli_generated_problems_with_the_real_sampler(tiny_ckpt, tmp_path):
+def test_cli_with_the_real_sampler_equals_evaluate_called_with_its_flags(tiny_ckpt, tmp_path):
+    """The problems (split, seed, n), the budgets, the style and the judge's settings the CLI resolves are
+    its flags' and the defaults: a miswired flag shows as other numbers."""
     out = tmp_path / "r.json"
-    ev.main(["--model", tiny_ckpt, "--n", "2", "--samples", "2", "--max-new-tokens", "8",
-             "--judge-max-new-tokens", "8", "--out", str(out)])
+    ev.main(["--model", tiny_ckpt, "--n", "2", "--samples", "2", "--seed", "3", "--max-new-tokens", "8",
+             "--judge-max-new-tokens", "6", "--judge-temperature", "0.5", "--out", str(out)])
     r = json.loads(out.read_text())["results"][0]
-    assert r["problems"] == 2 and 0 <= r["mean@2"] <= r["pass@2"] <= 1 and r["mean_length"] <= 8
+    model, tok = Qwen.from_pretrained(tiny_ckpt), Tokenizer.from_pretrained(tiny_ckpt)
+    judge = ev.Judge(model, tok, countdown, samples=1, temperature=0.5, max_new_tokens=6, style="full", batch_size=64)
+    expected = ev.evaluate(model, tok, countdown, countdown.make_problems(2, seed=3, split="test"), samples=2,
+                           temperature=1.0, max_new_tokens=8, style="full", seed=3, judge=judge, batch_size=64)
+    assert {k: r[k] for k in expected} == expected
+    assert (r["prompt_style"], r["max_new_tokens"], r["judge_max_new_tokens"], r["judge_temperature"]) == \
+        ("full", 8, 6, 0.5)
 
 
 def write_problems(tmp_path):
@@ -94,25 +104,28 @@ def test_bad_flags_are_one_line(tiny_ckpt, args, message, capsys):
     assert message in err[-1] and "Traceback" not in "\n".join(err)
 
 
-def test_bad_model_folders_are_one_line(tmp_path, capsys):
+def test_bad_model_folders_are_one_line(tiny_ckpt, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for folder, message in [(tmp_path / "empty", "config.json"), (tmp_path / "nope", "no such folder")]:
-        with pytest.raises(SystemExit) as e:
-            ev.main(["--model", str(folder), "--n", "1"])
-        assert str(e.value).startswith("error: ") and message in str(e.value) and "\n" not in str(e.value)
+        with pytest.raises(SystemExit):  # found before any model is measured, the first one included
+            ev.main(["--model", tiny_ckpt, str(folder), "--n", "1", "--out", str(tmp_path / "r.json")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (tmp_path / "r.json").exists()
     empty_file = tmp_path / "none.jsonl"
     empty_file.write_text("\n")
     with pytest.raises(SystemExit):
-        ev.main(["--model", str(tmp_path / "empty"), "--problems", str(empty_file)])
+        ev.main(["--model", tiny_ckpt, "--problems", str(empty_file)])
     assert "empty problem set" in capsys.readouterr().err
 
 
-def test_default_model_missing_says_how_to_pass_one(monkeypatch, tmp_path):
+def test_default_model_missing_says_how_to_pass_one(monkeypatch, tmp_path, capsys):
     import config
     monkeypatch.setattr(config, "ASSETS", str(tmp_path / "assets"))
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(SystemExit):
         ev.main(["--n", "1"])
-    assert "tiny-countdown is not built yet" in str(e.value) and "--model" in str(e.value)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "tiny-countdown is not built yet" in line and "--model" in line
 
 
 def test_bee_split_takes_the_whole_bee_set_and_is_integrations_alone(tiny_ckpt, tmp_path, capsys):
@@ -143,4 +156,21 @@ def test_unset_budgets_come_from_the_model_folder_then_the_flags(tiny_ckpt, tmp_
     assert (r["max_new_tokens"], r["judge_max_new_tokens"], r["judge_temperature"]) == (3, 7, 0.5)
     ev.main(["--model", tiny_ckpt, "--n", "1", "--max-new-tokens", "4", "--out", str(out)])  # no folder settings
     r = json.loads(out.read_text())["results"][0]
-    assert (r["judge_max_new_tokens"], r["judge_temperature"]) == (ev.EVAL_DEFAULTS["judge_max_new_tokens"], 1.0)
+    assert (r["judge_max_new_tokens"], r["judge_temperature"]) == (EvalConfig.judge_max_new_tokens, 1.0)
+
+
+def test_every_model_answers_the_first_folders_problems_or_the_flags(tiny_ckpt, tmp_path, monkeypatch):
+    import shutil
+    knobs = {"max_count": 3, "max_number": 9, "max_target": 50}
+    model = tmp_path / "m"
+    shutil.copytree(tiny_ckpt, model)
+    (model / "nano_rlsr.json").write_text(json.dumps({"task": "countdown", "difficulty": knobs}))
+    tok = Tokenizer.from_pretrained(tiny_ckpt)
+    for flags, difficulty in [([], knobs), (["--difficulty", '{"max_target": 30}'], {"max_target": 30})]:
+        calls = []
+        monkeypatch.setattr(sample, "generate", scripted_generate(tok, lambda prompt, s: "no answer", calls=calls))
+        ev.main(["--model", str(model), tiny_ckpt, "--n", "3", "--judge-samples", "0",
+                 "--out", str(tmp_path / "r.json"), *flags])
+        prompts = [tok.decode(tok.encode_chat(countdown.prompt(p, style="full")))
+                   for p in countdown.make_problems(3, seed=0, split="test", **difficulty)]
+        assert [texts for texts, _ in calls] == [prompts, prompts]  # one generate call per model

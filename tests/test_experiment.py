@@ -95,10 +95,16 @@ def test_quick_experiment_end_to_end(tmp_path, tiny_ckpt):
     for name in ("verifier", "frozen", "live"):
         assert (out / f"{name}-s0" / "done").exists()
         assert [s for s, _ in result["curves"][name][0]["heldout"]] == [0, 2]
-    # the live run logged judge counts (a random model may answer nothing, so they may all be 0)
+    # the live run's judge saw every answered rollout of a step and nothing else (a random model may answer
+    # nothing: then all its counts are 0)
     live = [json.loads(x) for x in (out / "live-s0" / "metrics.jsonl").read_text().splitlines()]
     verifier = [json.loads(x) for x in (out / "verifier-s0" / "metrics.jsonl").read_text().splitlines()]
-    assert all("judge_tp" in m for m in live if "reward_mean" in m)
+    cfg = json.loads((out / "live-s0" / "config.json").read_text())
+    rollouts = cfg["prompts_per_step"] * cfg["group_size"]
+    steps = [m for m in live if "reward_mean" in m]
+    assert len(steps) == cfg["steps"]
+    for m in steps:
+        assert m["judge_tp"] + m["judge_fp"] + m["judge_tn"] + m["judge_fn"] == round(m["format_rate"] * rollouts)
     assert not any("judge_tp" in m for m in verifier) and "judge" not in result["summary"]["verifier"]
     md = (out / "results.md").read_text()
     assert md.startswith("| condition |") and "self-proposed share" not in md  # no condition proposed here

@@ -1,4 +1,4 @@
-"""Integration, issue 15: definite integrals (tasks/definite.py), limits by cost instead of by value
+"""Integration: definite integrals (tasks/definite.py), limits by cost instead of by value
 (tasks/calculus.py), the pointwise tier of the antiderivative check (tasks/checks.py), both kinds of
 problems, prompts and SFT helpers, and the Bee set's self-consistency."""
 

@@ -1,4 +1,4 @@
-"""model.py against transformers' Qwen2/Qwen3 on random tiny configs, checkpoint I/O, tokenizer."""
+"""model.py against transformers' Qwen2/Qwen3 on random tiny configs, checkpoint I/O; tokenizer.py against theirs."""
 
 import json
 import os
@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import Attention, CheckpointError, Qwen, QwenConfig, Tokenizer
+from model import Attention, CheckpointError, Qwen, QwenConfig
+from tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -6,11 +6,12 @@ import copy
 import pytest
 import torch
 
+import distributed
 import ppo
 from config import TrainConfig
 from model import Qwen, QwenConfig
 from ppo import (ValueHead, gae_advantages, group_advantages, naive_token_logprobs, ppo_loss, ppo_update,
-                 response_logprobs, token_logprobs, value_loss)
+                 proposal_advantages, response_logprobs, token_advantages, token_logprobs, value_loss)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -109,6 +110,25 @@ def test_group_advantages():
     drgrpo = group_advantages(r, 4, scale_std=False)
     torch.testing.assert_close(drgrpo[8:], torch.tensor([-0.75, -0.75, -0.75, 2.25]))
     assert torch.equal(group_advantages(torch.zeros(6), 3), torch.zeros(6))
+
+
+def test_token_advantages_groups_then_proposals_broadcast_over_the_response():
+    """group: the rollouts against their group, the proposer's rows (last) against each other, each
+    row's value on its response tokens only; given advantages are used as they are."""
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.75, -1.0, 0.0])  # 2 groups of 3, 3 proposals
+    mask = torch.zeros(9, 5)
+    for b in range(9):
+        mask[b, 1 + b % 3:4] = 1
+    cfg = TrainConfig(group_size=3)
+    adv, returns = token_advantages(cfg, {"rewards": rewards, "proposals": 3}, mask)
+    per_row = torch.cat([group_advantages(rewards[:6], 3), proposal_advantages(rewards[6:])])
+    assert returns is None and torch.equal(adv, per_row[:, None] * mask)
+    assert abs(float(per_row[6:].mean())) < 1e-6 and float(per_row[6:].std()) == pytest.approx(1.0, abs=1e-4)
+    assert torch.equal(proposal_advantages(torch.tensor([0.5])), torch.zeros(1))  # one proposal: no signal
+    alone, _ = token_advantages(cfg, {"rewards": rewards[:6]}, mask[:6])  # no proposals
+    torch.testing.assert_close(alone, adv[:6])
+    given = torch.randn(9)
+    assert torch.equal(token_advantages(cfg, {"rewards": rewards, "advantages": given}, mask)[0], given[:, None] * mask)
 
 
 def test_gae_hand_worked():
@@ -256,19 +276,34 @@ def test_sampler_logp_err_is_the_max_over_all_rows():
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     mask = batch["response_mask"]
     # row b's sampler log-probs are off by 0.01 * (b + 1): the mean over rows or micro-batches is below
-    # the max, 0.06 (row 5), which sits in the first minibatch or in the no-grad pass by the shuffle
+    # the max, 0.06 (row 5), wherever the micro-batches put it
     off = 0.01 * torch.arange(1, 7.0)[:, None] * mask
     noisy = response_logprobs(model, batch["input_ids"], mask)[0].detach() + off
-    cfg = TrainConfig(ppo_epochs=2, minibatch_size=4, micro_batch_size=3, kl_coef=0.0)
-    where = set()
-    for seed in range(4):
-        torch.manual_seed(seed)
-        where.add("first minibatch" if 5 in torch.randperm(6)[:4] else "no-grad pass")  # ppo_update's shuffle
-        torch.manual_seed(seed)
+    for minibatch, micro in [(4, 3), (0, 2), (2, 1), (0, 0)]:
+        cfg = TrainConfig(ppo_epochs=2, minibatch_size=minibatch, micro_batch_size=micro, kl_coef=0.0)
         st = ppo_update(model, opt, dict(batch, old_logp=noisy), cfg)
         assert st["ratio"] == pytest.approx(1.0, abs=1e-6)  # the sampler's log-probs were replaced
         assert st["sampler_logp_err"] == pytest.approx(0.06, abs=1e-5)
-    assert where == {"first minibatch", "no-grad pass"}
+    kept = ppo_update(model, opt, dict(batch, old_logp=noisy), TrainConfig(recompute_old_logp=False, kl_coef=0.0))
+    assert "sampler_logp_err" not in kept and kept["ratio"] < 1.0  # the sampler's own: the ratio sees the offsets
+
+
+def test_prepare_holds_what_the_update_reads_and_draws_no_randomness():
+    """prepare: the policy's and the reference's log-probs and the advantages, [B, T], 0 off the mask;
+    torch's RNG untouched, so the update's shuffles are the same draws as without it."""
+    model, batch = _tiny_policy(), _random_batch()
+    ref = _tiny_policy(seed=1)
+    mask = batch["response_mask"]
+    cfg = TrainConfig(micro_batch_size=4, kl_coef=0.01)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    prepared = ppo.prepare(model, batch, cfg, ref_model=ref)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.testing.assert_close(prepared["old_logp"], response_logprobs(model, batch["input_ids"], mask)[0].detach())
+    torch.testing.assert_close(prepared["ref_logp"], response_logprobs(ref, batch["input_ids"], mask)[0].detach())
+    assert torch.equal(prepared["advantages"], batch["advantages"][:, None] * mask)
+    assert prepared["ends"].tolist() == [int(row.nonzero().max()) + 1 for row in mask]
+    assert prepared["host_mask"].device.type == "cpu" and torch.equal(prepared["host_mask"], mask)
 
 
 def test_minibatch_size_is_global(monkeypatch):
@@ -284,9 +319,9 @@ def test_minibatch_size_is_global(monkeypatch):
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
     one = run(2)
-    monkeypatch.setattr(ppo.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(ppo.dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(ppo.dist, "all_reduce", lambda t: t.mul_(2))  # the other rank's tokens: the same count
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda t: t.mul_(2))  # the other rank's tokens: the same count
     assert torch.equal(run(4), one)
     with pytest.raises(ValueError, match="multiple"):
         run(5)

@@ -1,4 +1,4 @@
-"""propose.py and --problems self (issue 14): a proposal enters training only when the policy's own
+"""propose.py and --problems self: a proposal enters training only when the policy's own
 judge accepts its witness (the verifier is never asked), the learnability band, repeats dropped,
 buffer reuse, the proposer's PPO rows, and the buffer surviving a resume."""
 
@@ -8,12 +8,13 @@ import re
 import pytest
 import torch
 
+import ppo
 import propose
 import sample
 import tasks
 import train
 from conftest import scripted_generate
-from model import Tokenizer
+from tokenizer import Tokenizer
 
 countdown = tasks.get("countdown")
 GOOD = "nums 3 5 7 target 22"       # witness accepted by the scripted judge
@@ -127,15 +128,17 @@ def test_proposer_rewards_and_rows(compact_ckpt, tmp_path, monkeypatch):
     tok = Tokenizer.from_pretrained(compact_ckpt)
     monkeypatch.setattr(sample, "generate", scripted_generate(tok, make_script({GOOD: 1, EXTRA: 4})))
     batches = []
-    real_update = train.ppo_update
-    monkeypatch.setattr(train, "ppo_update", lambda policy, opt, batch, cfg, **kw: batches.append(batch)
+    real_update = ppo.update
+    monkeypatch.setattr(ppo, "update", lambda policy, opt, batch, cfg, **kw: batches.append(batch)
                         or real_update(policy, opt, batch, cfg, **kw))
     train.main(["--model", compact_ckpt, "--out", str(tmp_path / "p"), *FLAGS, "--train-proposer"])
-    batch = batches[0]
+    batch = batches[0]  # as the update gets it: advantages [B, T]
     n = batch["input_ids"].shape[0]
-    proposer = batch["rewards"][n - 4:].tolist()
-    assert proposer == [0.75, -1.0, 0.0, -1.0]  # GOOD 1/4 in band; BAD rejected; EXTRA 4/4 out; a repeat
-    adv = batch["advantages"][n - 4:]
+    # the last 4 rows, the proposals: GOOD 1/4 in band; BAD rejected; EXTRA 4/4 out of it; a repeat
+    assert batch["rewards"][n - 4:].tolist() == [0.75, -1.0, 0.0, -1.0] and batch["proposals"] == 4
+    mask = batch["response_mask"][n - 4:]
+    adv = batch["advantages"][n - 4:].sum(1) / mask.sum(1)  # each proposal's advantage, on every one of its tokens
+    torch.testing.assert_close(batch["advantages"][n - 4:], adv[:, None] * mask)
     assert abs(float(adv.mean())) < 1e-5 and float(adv.std()) == pytest.approx(1.0, abs=1e-3)
     prompt = tok.encode_chat(countdown.propose_prompt([], style="compact"))[:3]
     for b in range(n - 4, n):  # the mask covers the proposal's tokens only, never its prompt

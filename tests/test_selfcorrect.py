@@ -12,8 +12,9 @@ import pytest
 import eval as ev
 import sample
 import tasks
-from model import Qwen, Tokenizer
+from model import Qwen
 from tasks import parse_trajectory
+from tokenizer import Tokenizer
 from conftest import scripted_generate
 
 countdown = tasks.get("countdown")

@@ -85,8 +85,8 @@ def test_integration_pipeline_runs_end_to_end(tmp_path):
 def test_shipped_integration_model_solves_imperfectly_and_judges():
     """The shipped model's ranges on 100 held-out problems (measured: format 0.90, greedy 0.32, T=1
     0.28, greedy-judge precision 0.49 / recall 0.96 on its own T=1 samples); the bounds allow ~2.5
-    binomial sd. Issue 15 asked for judge precision >= 0.7: this model does not reach it (0.45 on 300,
-    docs/tiny-model.md), so the bound below is what it does, not that goal."""
+    binomial sd. The project's target is judge precision >= 0.7; this model does not reach it (0.45 on
+    300, docs/tiny-model.md), so the bound below is what it does, not that target."""
     model, tok, meta = load_checkpoint(SHIPPED)
     assert meta["task"] == "integration" and meta["prompt_style"] == "compact"
     assert os.path.getsize(os.path.join(SHIPPED, "model.safetensors")) <= 20e6
