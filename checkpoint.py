@@ -5,28 +5,36 @@ tokenizer.json (+ tokenizer_config.json with the ChatML template), and optionall
 (META_FILE: {"task", "prompt_style", "difficulty": task knobs, "train_defaults": {setting: value}}).
 Qwen.from_pretrained and transformers both load it.
 
-A run's checkpoint is OUT/ckpt/: a model folder of the policy + trainer_state.pt (step, optimizer,
-RNG states, config) + under torchrun one optimizer.rankN.pt per rank. It is written to OUT/ckpt.tmp
-and swapped in with renames, so a kill at any moment leaves a whole checkpoint, and a resumed run
-continues exactly (same problems, samples and update order as an uninterrupted one).
+A run's checkpoint is OUT/ckpt/: a model folder of the policy (its fp32 weights) + optimizer/ (AdamW's
+state through torch.distributed.checkpoint, which any number of ranks loads) + trainer_state.pt (step,
+world size, value head, problem buffer). It is written to OUT/ckpt.tmp and swapped in with renames, so
+a kill at any moment leaves a whole checkpoint, and a resumed run continues exactly (same problems,
+samples and update order as an uninterrupted one).
 """
 
 import json
 import os
-import random
 import shutil
-from dataclasses import asdict
+import tempfile
+import warnings
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-import config
-from config import UsageError
 from distributed import barrier, full_model, is_main, world_size
-from model import CheckpointError, Qwen, QwenConfig, Tokenizer
+from model import CheckpointError, Qwen, QwenConfig
+from tokenizer import Tokenizer
 
 META_FILE = "nano_rlsr.json"
+
+
+class UsageError(Exception):
+    """Bad input found after parsing (a data file, an output folder, a flag value): printed as one line.
+    Here, below config.py, because checking a run against its model and checkpoint raises it too."""
 
 
 # -----------------------------------------------------------------------------
@@ -49,12 +57,8 @@ def read_meta(path: str) -> dict:
 
 
 def check_model_dir(path: str):
-    """A cheap look before loading: CheckpointError (one line) when `path` is no model folder
-    (for the default model: that it is not built yet and how to pass another)."""
+    """A cheap look before loading: CheckpointError (one line) when `path` is no model folder."""
     if not os.path.isdir(path):
-        if config.is_embedded(path):
-            raise CheckpointError(f"the embedded model {os.path.relpath(path, config.ROOT)} is not built yet (see the "
-                                  f"README for the command that builds it); pass --model DIR with a Qwen model folder")
         raise CheckpointError(f"{path}: no such folder")
     QwenConfig.from_json(os.path.join(path, "config.json"))
     if not os.path.exists(os.path.join(path, "tokenizer.json")):
@@ -91,29 +95,30 @@ def check_lengths(model, **lengths):
 
 
 # -----------------------------------------------------------------------------
-# Run checkpoints: OUT/ckpt/ = a model folder + trainer_state.pt (+ optimizer.rankN.pt under torchrun)
+# Run checkpoints: OUT/ckpt/ = a model folder + optimizer/ (torch.distributed.checkpoint) + trainer_state.pt
+
+OPTIMIZER_DIR = "optimizer"  # AdamW's exp_avg, exp_avg_sq and step per parameter, by parameter name
+TRAINER_STATE = "trainer_state.pt"  # step, world size, value head, problem buffer
 
 
 def save_checkpoint(cfg, policy, tok, meta, optimizer, value_head, step, problem_buffer=None):
-    """Write OUT/ckpt.tmp, then swap it in with renames. Under torchrun rank 0 writes the model folder
-    (full weights gathered to it) and trainer_state.pt, and every rank its optimizer shard."""
+    """Write OUT/ckpt.tmp, then swap it in with renames. The weights are the model folder's (under torchrun
+    gathered to rank 0); AdamW's state goes through torch.distributed.checkpoint, each rank writing its own
+    shard, so any number of ranks loads it back; rank 0 writes trainer_state.pt last."""
     final, tmp, old = (os.path.join(cfg.out, name) for name in ("ckpt", "ckpt.tmp", "ckpt.old"))
-    world = world_size()
     model = full_model(policy)
     if is_main():
         shutil.rmtree(tmp, ignore_errors=True)
         save_model_folder(tmp, model, tok, meta, cfg.prompt_style)
-    barrier()  # the folder exists before the ranks write their shards into it
-    if world > 1:
-        torch.save(get_optimizer_state_dict(policy, optimizer),
-                   os.path.join(tmp, f"optimizer.rank{dist.get_rank()}.pt"))
-    barrier()
+    barrier()  # ckpt.tmp is fresh before the ranks write their shards into it
+    with single_process_quiet():  # dcp.save returns on every rank once all shards and the metadata are written
+        dcp.save(get_optimizer_state_dict(trained_modules(policy, value_head), optimizer),
+                 checkpoint_id=os.path.join(tmp, OPTIMIZER_DIR))
     if is_main():
-        torch.save({"step": step, "optimizer": optimizer.state_dict() if world == 1 else None, "world_size": world,
-                    "rng": get_rng_state(), "config": asdict(cfg),
+        torch.save({"step": step, "world_size": world_size(),
                     "value_head": value_head.state_dict() if value_head is not None else None,
                     "problem_buffer": problem_buffer or []},
-                   os.path.join(tmp, "trainer_state.pt"))
+                   os.path.join(tmp, TRAINER_STATE))
         if os.path.exists(final):
             shutil.rmtree(old, ignore_errors=True)
             os.rename(final, old)
@@ -126,46 +131,70 @@ def latest_checkpoint(out: str) -> str | None:
     """OUT/ckpt, or OUT/ckpt.old when a kill fell between save_checkpoint's two renames."""
     for name in ("ckpt", "ckpt.old"):
         path = os.path.join(out, name)
-        if os.path.exists(os.path.join(path, "trainer_state.pt")):
+        if os.path.exists(os.path.join(path, TRAINER_STATE)):
             return path
     return None
 
 
 def load_trainer_state(ckpt, out, device) -> dict:
-    """trainer_state.pt of a checkpoint; refuses one saved by another number of ranks (its optimizer
-    state is sharded per rank)."""
-    state = torch.load(os.path.join(ckpt, "trainer_state.pt"), map_location=device, weights_only=False)
+    """trainer_state.pt of a checkpoint. Any number of ranks resumes it (the optimizer state is resharded
+    on load); a checkpoint of the older format (optimizer state in trainer_state.pt or optimizer.rank{r}.pt)
+    only on the number of processes that saved it."""
+    state = torch.load(os.path.join(ckpt, TRAINER_STATE), map_location=device, weights_only=False)
     saved, world = state.get("world_size", 1), world_size()
-    if saved != world:
+    if saved == world:
+        return state
+    if not os.path.isdir(os.path.join(ckpt, OPTIMIZER_DIR)):
         run_with = "python train.py" if saved == 1 else f"torchrun --nproc_per_node {saved} train.py"
-        raise UsageError(f"--resume {out}: {ckpt} was saved by {saved} process(es), this run has {world}: "
-                         f"resume with {run_with} (the model folder {ckpt} itself loads anywhere)")
+        raise UsageError(f"--resume {out}: {ckpt} is in the older checkpoint format, saved by {saved} "
+                         f"process(es), this run has {world}: resume with {run_with} (the model folder {ckpt} "
+                         f"itself loads anywhere)")
+    if is_main():
+        print(f"resuming {ckpt}, saved by {saved} process(es), on {world}: AdamW's state is resharded; the run "
+              f"goes on as a {world}-process run would (same problems and seeds)")
     return state
 
 
 def restore(ckpt, state, policy, optimizer, value_head, device) -> int:
-    """Optimizer (or this rank's shard), value head and RNG states from a checkpoint -> its step."""
-    if world_size() == 1:
-        optimizer.load_state_dict(state["optimizer"])
-    else:
-        shard_file = os.path.join(ckpt, f"optimizer.rank{dist.get_rank()}.pt")
-        set_optimizer_state_dict(policy, optimizer, torch.load(shard_file, map_location=device, weights_only=False))
+    """AdamW's state (this rank's share of it) and the value head from a checkpoint -> its step. No RNG
+    state: each step reseeds torch from (seed, step) and every sampler draws from its own seeded generator."""
     if value_head is not None:
         value_head.load_state_dict(state["value_head"])
-    set_rng_state(state["rng"])
+    folder = os.path.join(ckpt, OPTIMIZER_DIR)
+    if os.path.isdir(folder):
+        modules = trained_modules(policy, value_head)
+        target = get_optimizer_state_dict(modules, optimizer)  # this run's layout (AdamW's state made empty first)
+        with single_process_quiet():
+            dcp.load(target, checkpoint_id=folder)  # reads the parts of the saved tensors that this rank holds
+        set_optimizer_state_dict(modules, optimizer, target)
+    elif state.get("optimizer") is not None:  # the older one-process format
+        optimizer.load_state_dict(state["optimizer"])
+    else:  # the older per-rank format, on as many ranks as saved it (load_trainer_state checked)
+        shard = os.path.join(ckpt, f"optimizer.rank{dist.get_rank()}.pt")
+        set_optimizer_state_dict(policy, optimizer, torch.load(shard, map_location=device, weights_only=False))
     return state["step"]
 
 
-def get_rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+def saved_optimizer_state(ckpt) -> dict:
+    """A checkpoint's AdamW state, whole, in this process: {"state": {parameter name: {"exp_avg", "exp_avg_sq",
+    "step"}}, "param_groups": [...]} (for inspection; resume reads only its share)."""
+    with tempfile.TemporaryDirectory() as scratch, single_process_quiet():
+        file = os.path.join(scratch, "optimizer.pt")
+        dcp_to_torch_save(os.path.join(ckpt, OPTIMIZER_DIR), file)
+        return torch.load(file, weights_only=False)
 
 
-def set_rng_state(state: dict):
-    torch.set_rng_state(state["torch"].cpu())
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+def trained_modules(policy, value_head):
+    """The modules whose parameters the optimizer steps: its state is saved by their parameter names."""
+    return policy if value_head is None else torch.nn.ModuleDict({"policy": policy, "value_head": value_head})
+
+
+@contextmanager
+def single_process_quiet():
+    """torch.distributed.checkpoint without a process group works in one process, but warns that it does."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 # -----------------------------------------------------------------------------

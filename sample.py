@@ -3,6 +3,8 @@
     ro = generate(model, [ids_a, ids_b], n=8, max_new_tokens=256, temperature=1.0,
                   stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=0)
     ro.tokens [B*n, L]; ro.logprobs [B*n, L]; ro.lengths [B*n]; ro.finish_reasons; ro.completion(i)
+    done = completions(model, tok, [ids_a, ids_b], n=8, max_new_tokens=256, seed=0)  # generate, decoded:
+    done[i].ids; done[i].text; done[i].logp; done[i].truncated   # what rollouts, the judge and eval read
 
 How it runs (the gpt-fast / nanochat recipe):
 1. one KV cache holds prompt_max + max_new_tokens slots for each of the B*n rows: a fresh one per
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +36,7 @@ SYNC_EVERY = 8  # steps between "are all rows finished?" checks (each one is a h
 MIN_LEN_BUCKET = 64  # compiled decode: the shortest cache; longer ones double from here
 NOISE_BYTES = 8 << 20  # per prompt: how much sampling noise its own generator draws in one call
 HASHED_NOISE = None  # per-prompt seeds: None hashes counters on CUDA and uses generators elsewhere (see Noise)
+FUSED_NOISE = None  # hashed noise's integer part as one compiled kernel: None on CUDA (eager: ~17 passes over [R, V])
 RECOMPILE_LIMIT = 128  # compiled decode: one graph per (rows, length) bucket; dynamo's default is 8
 
 
@@ -105,10 +109,11 @@ class Noise:
       yields exactly the numbers of K one-step draws, so K changes no sample;
     - hashed (CUDA, where Philox numbers depend on how they are drawn and K would be 1 at a 152k
       vocabulary): each (prompt seed, sample, step, token) is hashed to a uniform by counter-based
-      arithmetic, one chain of kernels for the whole batch and no loop over prompts.
+      arithmetic (hashed_uniform), for the whole batch and with no loop over prompts. fused (None: on
+      CUDA): that arithmetic compiled into one kernel (fused_uniform), bit for bit the same numbers.
     """
 
-    def __init__(self, seed, n: int, vocab: int, max_new_tokens: int, device, hashed=None):
+    def __init__(self, seed, n: int, vocab: int, max_new_tokens: int, device, hashed=None, fused=None):
         self.t, self.vocab, self.device, self.n = 0, vocab, device, n
         self.per_prompt = isinstance(seed, (list, tuple))
         self.hashed = self.per_prompt and (torch.device(device).type == "cuda" if hashed is None else hashed)
@@ -116,6 +121,9 @@ class Noise:
             seeds = torch.tensor([_int64(s) for s in seed], device=device, dtype=torch.long)
             self.keys = _mix(seeds.repeat_interleave(n) * 0x2545F491 + torch.arange(len(seed) * n, device=device) % n)
             self.columns = torch.arange(vocab, device=device, dtype=torch.long) * _GOLDEN
+            fused = FUSED_NOISE if fused is None else fused
+            fused = torch.device(device).type == "cuda" if fused is None else fused
+            self.uniform_fn = fused_uniform if fused else hashed_uniform
         elif self.per_prompt:
             self.generators = [torch.Generator(device=device).manual_seed(s) for s in seed]
             self.K = max(1, min(max_new_tokens, NOISE_BYTES // (n * vocab * 4)))
@@ -129,12 +137,11 @@ class Noise:
         if not self.per_prompt:
             noise = torch.empty(rows, self.vocab, device=self.device, dtype=torch.float32)
             return noise.exponential_(1, generator=self.generator)
-        if self.hashed:
-            step = _mix(self.keys + _int64((self.t + 1) * _GOLDEN))  # [R]
+        if self.hashed:  # the step's counter by a fill kernel: no host-to-device copy, no sync
             self.t += 1
-            bits = _mix(step[:, None] ^ self.columns)  # [R, V]
-            u = (((bits >> 40) & 0xFFFFFF).float() + 0.5) / 2**24  # 24 random bits -> (0, 1), never 0 or 1
-            return -torch.log(u)
+            step = torch.full((), _int64(self.t * _GOLDEN), dtype=torch.long, device=self.device)
+            u = self.uniform_fn(self.keys, self.columns, step)
+            return u.log_().neg_()  # Exp(1); the log stays eager's kernel (a compiled one may round differently)
         k = self.t % self.K
         if k == 0:  # the next K steps of every prompt, each from its own generator
             for g, block in zip(self.generators, self.block):
@@ -160,6 +167,39 @@ def _mix(x):
     x = x ^ ((x >> 27) & ((1 << 37) - 1))
     x = x * -7723592293110705685  # 0x94D049BB133111EB
     return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
+def hashed_uniform(keys, columns, step):
+    """keys [R], columns [V] (int64), step [] (int64: the step's counter x golden ratio) -> uniforms [R, V]
+    fp32 in (0, 1), never 0 or 1: 24 hashed bits of each (row, step, column).
+
+    Wrapping integer arithmetic and exact float steps only (no rounding can differ between kernels),
+    so a compiled copy (fused_uniform) gives the same bits in one pass where eager makes ~17 passes
+    over [R, V] int64 arrays.
+    """
+    bits = _mix(_mix(keys + step)[:, None] ^ columns)  # [R, V]
+    return (((bits >> 40) & 0xFFFFFF).float() + 0.5) * 2**-24  # k + 0.5 rounds to even in fp32 on every device
+
+
+_FUSED_UNIFORM = {}  # "fn": hashed_uniform compiled, or hashed_uniform itself where compiling failed
+
+
+def fused_uniform(keys, columns, step):
+    """hashed_uniform compiled once for every shape (dynamic R and V): one kernel per step (Triton on
+    CUDA, C++ on the CPU). Where the first compile fails (Triton without a C compiler, say) it warns
+    once and runs eagerly from then on: the same numbers, only slower."""
+    fn = _FUSED_UNIFORM.get("fn")
+    if fn is not None:
+        return fn(keys, columns, step)
+    fn = torch.compile(hashed_uniform, dynamic=True, fullgraph=True)
+    try:
+        out = fn(keys, columns, step)
+    except Exception as e:  # whatever the compiler raised: eager gives the same numbers
+        warnings.warn(f"sample: hashed noise runs eagerly, compiling it failed: {type(e).__name__}: {e}"[:500])
+        fn = hashed_uniform
+        out = fn(keys, columns, step)
+    _FUSED_UNIFORM["fn"] = fn
+    return out
 
 
 @torch.no_grad()
@@ -266,9 +306,61 @@ def _compiled_decode_step(device):
     """The decode step compiled for static shapes: one graph per shape bucket, each compiled once."""
     mode = "reduce-overhead" if device.type == "cuda" else None  # CUDA graphs; plain inductor elsewhere
     if mode not in _COMPILED:
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        _raise_recompile_limit(RECOMPILE_LIMIT)
         _COMPILED[mode] = torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
     return _COMPILED[mode]
+
+
+def _raise_recompile_limit(limit: int):
+    """Let dynamo keep at least `limit` graphs per function: the setting is recompile_limit in newer
+    torch and cache_size_limit in older ones (2.6, this project's floor)."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), limit))
+
+
+# -----------------------------------------------------------------------------
+# Sampled and decoded: what rollouts, proposals, the judge and evaluation read
+
+
+@dataclass
+class Completion:
+    """One sampled completion, decoded."""
+
+    ids: list  # generated ids, the stop token included when there is one
+    text: str  # the ids decoded without the final stop token (decode_completion)
+    logp: torch.Tensor  # [len(ids)] the sampler's log-prob of each id (CPU)
+    truncated: bool  # hit max_new_tokens without a stop token
+
+
+def completions(model, tok, prompts, n: int = 1, max_new_tokens: int = 256, temperature: float = 1.0,
+                top_p: float = 1.0, seed: int | list[int] | None = None, compile: bool = False,
+                batch_size: int = 0) -> list[Completion]:
+    """n completions of each prompt (token-id lists) -> len(prompts) * n Completions, row i from
+    prompt i // n. batch_size prompts per `generate` call (0: all in one); seed as for `generate`: a
+    list gives each prompt its own, an int seeds each call with seed + the index of its first prompt."""
+    out = []
+    chunk = batch_size or len(prompts)
+    for start in range(0, len(prompts), chunk):
+        part = prompts[start:start + chunk]
+        part_seed = seed[start:start + chunk] if isinstance(seed, (list, tuple)) else \
+            None if seed is None else seed + start
+        ro = generate(model, part, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                      stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=part_seed, compile=compile)
+        for i in range(len(part) * n):
+            ids = ro.completion(i)
+            out.append(Completion(ids, decode_completion(tok, ids), ro.logprobs[i, :len(ids)],
+                                  ro.finish_reasons[i] == "length"))
+    return out
+
+
+def decode_completion(tok, ids) -> str:
+    """A completion's text, without the stop token that ended it (other special tokens are kept,
+    so that nothing the model wrote disappears before a judge prompt neutralises it)."""
+    ids = list(ids)
+    if ids and ids[-1] in tok.stop_ids:
+        ids = ids[:-1]
+    return tok.decode(ids)
 
 
 # -----------------------------------------------------------------------------
@@ -276,7 +368,8 @@ def _compiled_decode_step(device):
 
 
 def main(argv=None):
-    from model import CheckpointError, Qwen, Tokenizer
+    from model import CheckpointError, Qwen
+    from tokenizer import Tokenizer
 
     ap = argparse.ArgumentParser(description="Sample from a Qwen checkpoint folder (chat template applied).")
     ap.add_argument("--model", required=True, help="model folder (config.json, safetensors, tokenizer.json) or a "

@@ -26,7 +26,7 @@ from checkpoint import append_jsonl, check_lengths, load_checkpoint, save_model_
 from config import SFTConfig, UsageError, config_from_flags
 from distributed import compute_dtype, pick_device
 from model import CheckpointError
-from ppo import token_logprobs
+from ppo import response_logprobs
 
 
 def train_sft(cfg: SFTConfig) -> str:
@@ -60,17 +60,14 @@ def train_sft(cfg: SFTConfig) -> str:
             lr = cosine_lr(step, total, cfg.lr, cfg.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                hidden = model(ids, return_hidden=True)
-            on = mask[:, 1:]  # hidden[t] predicts token t+1
-            loss = -token_logprobs(hidden[:, :-1][on], model.output_weight, ids[:, 1:][on]).mean()
+            loss = sft_loss(model, ids, mask, dtype)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             step += 1
             loss_sum += float(loss.detach())
-            tokens += int(on.sum())
+            tokens += int(mask[:, 1:].sum())
             bar.update(1)
             if step % cfg.log_interval == 0 or step == total:
                 n = step % cfg.log_interval or cfg.log_interval
@@ -84,6 +81,15 @@ def train_sft(cfg: SFTConfig) -> str:
     save_model_folder(cfg.out, model, tok, meta, cfg.prompt_style)
     print(f"sft: wrote {cfg.out}")
     return cfg.out
+
+
+def sft_loss(model, ids, mask, dtype):
+    """Mean negative log-likelihood of the trained tokens: ids, mask [B, T] (mask[:, t]: token t, predicted
+    from hidden[t-1], is trained) -> 0-d fp32, by PPO's forward and fused log-prob (ppo.response_logprobs):
+    dtype bf16 runs the forward under autocast and hands the log-prob bf16 hidden states and lm_head
+    (tensor cores on CUDA); fp32 is fp32 throughout."""
+    logp = response_logprobs(model, ids, mask, compute_dtype=dtype)[0]  # [B, T], 0 off the mask
+    return -logp.sum() / mask[:, 1:].sum()
 
 
 def read_chat_jsonl(path: str) -> list[list[dict]]:
@@ -135,6 +141,8 @@ def length_batches(lengths, batch_size, rng) -> list[list[int]]:
 
 
 def pad_batch(seqs, pad_id, device):
+    """(token ids, loss mask) per sequence, right-padded -> ids [B, T] long (pad_id after each sequence)
+    and mask [B, T] bool (False in the padding). train.py's PPO batch is padded here too."""
     T = max(len(ids) for ids, _ in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros(len(seqs), T, dtype=torch.bool)

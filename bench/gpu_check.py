@@ -1,6 +1,6 @@
-"""The CUDA paths checked in one command (issue 17): one JSON line per check on stdout.
+"""The CUDA paths checked in one command: one JSON line per check on stdout.
 
-    python bench/gpu_check.py                          # every check, <= 8 minutes on one H100/H200
+    python bench/gpu_check.py                          # every check, under 10 minutes on one H100/H200
     python bench/gpu_check.py --only logprob,generate  # the checks whose names start with these
     python bench/gpu_check.py --list                   # the check names
 
@@ -38,7 +38,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 import warnings  # noqa: E402
-from contextlib import contextmanager, nullcontext, redirect_stdout  # noqa: E402
+from contextlib import nullcontext, redirect_stdout  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -58,7 +58,7 @@ LOGPROB_N, LOGPROB_V, LOGPROB_CHUNK_ROWS = 1531, 151936, 512
 LOGPROB_TOL = {torch.float32: dict(value=1e-3, grad=1e-3), torch.bfloat16: dict(value=2e-2, grad=2e-2)}
 # greedy decodes may part only where the referee's logits for the two tokens are this close (rounding)
 TIE_TOL = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
-PLAN_RANGE = (0.75, 1.15)  # measured peak memory / bench/memory_plan.py's estimate
+PLAN_RANGE = (0.75, 1.15)  # measured peak memory / memory.plan's estimate
 # one RL step on the tiny model: 16 rollouts, 2 minibatches x 2 epochs (later minibatches see updated weights)
 RL_FLAGS = ["--steps", "1", "--prompts-per-step", "4", "--group-size", "4", "--ppo-epochs", "2",
             "--minibatch-size", "8", "--eval-interval", "0", "--no-progress"]
@@ -282,8 +282,6 @@ pow2 = sample.bucket  # the next power of two >= max(x, smallest): the compiled 
 
 
 def check_env() -> dict:
-    import model
-    import ppo
     props = torch.cuda.get_device_properties(cuda())
     versions = {}
     for name in ("triton", "transformers"):
@@ -299,53 +297,29 @@ def check_env() -> dict:
     return {"ok": True, "parity": False, "gpu": props.name, "gpus": torch.cuda.device_count(),
             "capability": f"{props.major}.{props.minor}", "memory_gib": props.total_memory / 2**30,
             "torch": torch.__version__, "cuda": torch.version.cuda, **versions, "commit": commit,
-            # which versions of the files being changed in parallel are checked here
-            "sample_static_cache": hasattr(model.Qwen, "static_cache"), "sample_sync_every": sample.SYNC_EVERY,
-            "ppo_per_forward_autocast": hasattr(ppo, "forward_autocast")}
+            "sample_sync_every": sample.SYNC_EVERY}
 
 
 # -----------------------------------------------------------------------------
 # 1. One RL step (train.py, in this process): every model on the GPU after each phase
 
 
-@contextmanager
-def phase_hooks(hook):
-    """Call hook(phase, "start" | "end", models, output) around train.py's phases while train_rl runs:
-    load_models ("load"), rollout ("generate"), score ("reward": the judge or the verifier) and
-    update_policy ("update"); models is the run's train.Models once loaded."""
-    import train
-    phases = {"load_models": "load", "rollout": "generate", "score": "reward", "update_policy": "update"}
-    saved = {name: getattr(train, name) for name in phases}
-    state = {"models": None}
-
-    def wrap(name, inner):
-        def wrapper(*args, **kwargs):
-            hook(phases[name], "start", state["models"], None)
-            out = inner(*args, **kwargs)
-            if name == "load_models":
-                state["models"] = out
-            hook(phases[name], "end", state["models"], out)
-            return out
-        return wrapper
-
-    try:
-        for name, inner in saved.items():
-            setattr(train, name, wrap(name, inner))  # train_rl looks them up as module globals
-        yield state
-    finally:
-        for name, inner in saved.items():
-            setattr(train, name, inner)
-
-
 def rl_run(flags, hook) -> tuple:
-    """train.main(flags + --out TMP) with phase hooks -> (its train.Models, its metrics.jsonl lines)."""
+    """train.main(flags + --out TMP) with train.py's phase hook: hook(phase, "start" | "end", models,
+    data) around each phase a step times (train.Timer: generate, judge, verify, update; data: the
+    rollout prompts for generate) -> (the run's train.Models, its metrics.jsonl lines)."""
     import train
     out = tempfile.mkdtemp(prefix="gpu_check_rl_")
+    seen = {"models": None}
+
+    def watch(phase, when, models, data):
+        seen["models"] = models
+        hook(phase, when, models, data)
+
     try:
-        with phase_hooks(hook) as state:
-            train.main([*flags, "--out", out])
+        train.main([*flags, "--out", out], hook=watch)
         with open(os.path.join(out, "metrics.jsonl")) as f:
-            return state["models"], [json.loads(x) for x in f]
+            return seen["models"], [json.loads(x) for x in f]
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -367,7 +341,7 @@ def misplaced(placements: dict, device) -> list:
 def check_rl_step(dtype: str, extra=()) -> dict:
     placements = {}
 
-    def hook(phase, when, models, out):
+    def hook(phase, when, models, data):
         if when == "end":
             placements[phase] = model_devices(models)
 
@@ -453,7 +427,7 @@ def check_logprob(d: int, dtype) -> dict:
     t_fused, _ = timed(lambda: run(fused), repeats=3)
     t_naive, _ = timed(lambda: run(naive), repeats=2)
     FIGURES[("logprob", d, dtype)] = dict(fwd=t_fwd, fwdbwd=t_fused)
-    plan = chunk_bytes + 4 * V * d + 4 * N * d  # bench/memory_plan.py's "head" term, at this chunk size
+    plan = chunk_bytes + 4 * V * d + 4 * N * d  # memory.plan's "head" term, at this chunk size
     ok = (errors["logp_err"] <= tol["value"] and errors["entropy_err"] <= tol["value"]
           and errors["dh_rel_err"] <= tol["grad"] and errors["dw_rel_err"] <= tol["grad"])
     return {"ok": ok, "parity": True, "N": N, "d": d, "V": V, "dtype": dtype_name(dtype),
@@ -628,6 +602,22 @@ def check_generate_compile_shapes() -> dict:
             "failed_shapes": [i for i, r in enumerate(results) if not r["ok"]]}
 
 
+NOISE_SHARE_MAX = 0.05  # the fused sampling noise's share of a decode step: a few percent at most
+
+
+def check_noise() -> dict:
+    """bench/noise.py's noise_share on the bf16 0.5B model: the per-prompt hashed noise of a decode step
+    (64 rows at 256 cached tokens, the 151,936-wide vocabulary), eager and fused (compiled), against the
+    step itself; the two kinds of noise must be equal bit for bit."""
+    import noise
+    model = load_ours(qwen05b_folder(), torch.bfloat16).eval()
+    out = noise.noise_share(model, rows=64, context=256, steps=20)
+    del model
+    expect = {"fused_compiled": out["fused_compiled"], "fused_faster_than_eager": out["fused_speedup"] >= 1,
+              "fused_share_at_most_5pct": out["share_fused"] <= NOISE_SHARE_MAX}
+    return {"ok": out["identical"], "parity": True, **out, "expect": expect}
+
+
 # -----------------------------------------------------------------------------
 # 5. Host syncs: the decode loop, token_logprobs, ppo_update
 
@@ -693,7 +683,7 @@ def check_host_syncs() -> dict:
 
 
 # -----------------------------------------------------------------------------
-# 6. One RL step's peak memory against bench/memory_plan.py
+# 6. One RL step's peak memory against memory.plan
 
 
 def check_memory_plan() -> dict:
@@ -701,7 +691,7 @@ def check_memory_plan() -> dict:
     8); the second step's peaks (gradients and Adam states exist by then) against the plan's."""
     from unittest import mock
 
-    import memory_plan
+    import memory
     import train
     from model import QwenConfig
     rollouts, new, micro = 32, 256, 8
@@ -709,9 +699,9 @@ def check_memory_plan() -> dict:
              "--steps", "2", "--prompts-per-step", "4", "--group-size", "8", "--max-new-tokens", str(new),
              "--micro-batch-size", str(micro), "--kl-coef", "0.001", "--eval-interval", "0", "--no-progress",
              "--device", "auto", "--dtype", "bf16"]
-    peaks, prompt_len, lengths = {}, [0], [0]
+    peaks, prompt_len = {}, [0]
 
-    def hook(phase, when, models, out):
+    def hook(phase, when, models, data):
         if phase not in ("generate", "update"):
             return
         torch.cuda.synchronize()
@@ -720,23 +710,22 @@ def check_memory_plan() -> dict:
         else:
             peaks[phase] = torch.cuda.max_memory_allocated() - base  # the last step's wins
         if phase == "generate" and when == "end":
-            prompt_len[0] = max(len(r["prompt"]) for r in out)
-            lengths[0] = max(len(r["completion"]) for r in out)
+            prompt_len[0] = max(len(p) for p in data)  # the rollout prompts
 
     gc.collect()
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated()  # what earlier checks still hold
     with mock.patch.object(train, "save_checkpoint", lambda *a, **k: None):  # no 6 GB write per run
-        models, _ = rl_run(flags, hook)
+        models, lines = rl_run(flags, hook)
     del models
     cfg = QwenConfig.from_json(os.path.join(train_folder(), "config.json"))
-    plan = memory_plan.plan(cfg, gpus=1, rollouts=rollouts, prompt_len=prompt_len[0], new_tokens=new,
-                            micro_batch=micro, fused=True, grad_ckpt=False, ref=True)
+    plan = memory.plan(cfg, gpus=1, rollouts=rollouts, prompt_len=prompt_len[0], new_tokens=new,
+                       micro_batch=micro, fused=True, grad_ckpt=False, ref=True)
     ratio = {"generate": peaks["generate"] / plan["peak_generate"], "update": peaks["update"] / plan["peak_update"]}
     lo, hi = PLAN_RANGE
     expect = {f"{k}_within_plan_range": lo <= v <= hi for k, v in ratio.items()}
     return {"ok": all(expect.values()), "parity": False, "rollouts": rollouts, "prompt_len": prompt_len[0],
-            "new_tokens": new, "longest_completion": lengths[0], "micro_batch": micro,
+            "new_tokens": new, "longest_completion": lines[-1]["len_max"], "micro_batch": micro,
             "measured_gib": {k: v / 2**30 for k, v in peaks.items()},
             "plan_gib": {"generate": plan["peak_generate"] / 2**30, "update": plan["peak_update"] / 2**30},
             "ratio": ratio, "range": PLAN_RANGE, "expect": expect}
@@ -839,6 +828,7 @@ CHECKS = [
     ("generate_bf16_b1", functools.partial(check_generate_speed, 1)),
     ("generate_bf16_b64", functools.partial(check_generate_speed, 64)),
     ("generate_compile_shapes", check_generate_compile_shapes),
+    ("noise_share", check_noise),
     ("nccl", check_nccl),
 ]
 

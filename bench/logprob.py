@@ -8,7 +8,10 @@ resident size just before the call (CPU: /proc/self/status VmHWM after resetting
 max_memory_allocated), so one variant's freed-but-cached memory can't hide in another's figure.
 Modes: "nograd" (forward under torch.no_grad) and "fwdbwd" (forward + backward to hidden and weight).
 Memory is the first run's; time the best of --repeats runs. extra_mb is MiB.
-Goals (issue 5): fwdbwd extra memory <= 1/10 of naive's at <= 1.3x its time; nograd <= 1/100.
+bf16_grad_error: bf16 gradients over 20 backward chunks against fp64, max |grad - ref| / max |ref|
+(Triton on CUDA: token chunks; PyTorch: vocab chunks, its token chunks being 4096 rows), next to
+the same figure for the fp64 gradient rounded once to bf16.
+Goals: fwdbwd extra memory <= 1/10 of naive's at <= 1.3x its time; nograd <= 1/100.
 """
 
 import argparse
@@ -87,6 +90,42 @@ def child(args):
     print(json.dumps(out))
 
 
+def grad_error(args, chunks=20, N=1280, V=8192):
+    """One JSON line: the bf16 dW and dH errors of token_logprobs over `chunks` backward chunks."""
+    import torch
+    import ppo
+
+    dev = torch.device(args.device)
+    backend = "triton" if dev.type == "cuda" and ppo.triton is not None else "torch"
+    if backend == "triton":  # one BLOCK_N tile of rows per chunk of the [rows, V] logit gradients
+        rows = ppo.TRITON_CONFIG["dlogits"][0]
+        N, chunk_bytes = chunks * rows, rows * V * 2
+    else:  # one token chunk of N rows; V / chunks columns per fp32 block
+        chunk_bytes = N * (V // chunks) * 4
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(N, args.d, generator=g).to(dev, torch.bfloat16)
+    W = (torch.randn(V, args.d, generator=g) * args.d ** -0.5).to(dev, torch.bfloat16)
+    t = torch.randint(0, V, (N,), generator=g).to(dev)
+    w = torch.randn(N, generator=g).to(dev)  # mixed-sign per-token loss weights, as PPO's
+    grads = []
+    for fn, dtype in ((lambda *a: ppo.token_logprobs(*a, backend=backend, chunk_bytes=chunk_bytes), torch.bfloat16),
+                      (ppo.naive_token_logprobs, torch.float64)):
+        hh, WW = (x.to(dtype, copy=True).requires_grad_() for x in (h, W))
+        logp = fn(hh, WW, t)
+        (logp * w.to(logp.dtype)).sum().backward()
+        grads.append(dict(dw=WW.grad, dh=hh.grad))
+    got, ref = grads
+
+    def err(x, k):
+        return float((x.double() - ref[k]).abs().max() / ref[k].abs().max())
+
+    out = dict(backend=backend, chunks=chunks, N=N, V=V, d=args.d)
+    for k in ("dw", "dh"):
+        out[f"{k}_err"] = err(got[k], k)
+        out[f"{k}_err_one_rounding"] = err(ref[k].to(torch.bfloat16), k)
+    print(json.dumps(out))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--N", type=int, default=4096)
@@ -98,6 +137,8 @@ def main():
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.variant == "grad_error":
+        return grad_error(args)
     if args.variant:
         return child(args)
 
@@ -113,6 +154,12 @@ def main():
             if out.returncode != 0:
                 sys.exit(f"{variant}/{mode} failed:\n{out.stderr[-2000:]}")
             res[f"{variant}_{mode}"] = json.loads(out.stdout.strip().splitlines()[-1])
+    cmd = [sys.executable, os.path.abspath(__file__), "--variant", "grad_error", "--d", str(args.d),
+           "--device", args.device]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"grad_error failed:\n{out.stderr[-2000:]}")
+    grad_err = json.loads(out.stdout.strip().splitlines()[-1])
 
     import torch
     ratios = {f"{m}_{k}": round(res[f"fused_{m}"][q] / max(res[f"naive_{m}"][q], 1e-9), 4)
@@ -124,7 +171,7 @@ def main():
     print(json.dumps(dict(bench="logprob", N=args.N, d=args.d, V=args.V, device=args.device, dtype=args.dtype,
                           threads=torch.get_num_threads(), repeats=args.repeats, **res, ratios=ratios,
                           goals_met=goals,
-                          values_agree=agree)))
+                          values_agree=agree, bf16_grad_error=grad_err)))
 
 
 if __name__ == "__main__":

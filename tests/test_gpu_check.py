@@ -1,7 +1,7 @@
 """bench/gpu_check.py on a machine without CUDA (this one): one line and exit code 2. Then the parts
 of it that need no GPU: the JSON lines, a failing check not stopping the others, the summary and
-its exit code, greedy parity with near-ties, the SDPA kernel names, the phase hooks around train.py,
-the model placement verdict, the metrics comparison of the nccl check."""
+its exit code, greedy parity with near-ties, the SDPA kernel names, the phase hook into train.py,
+the model placement verdict, the noise check's figures, the metrics comparison of the nccl check."""
 
 import io
 import json
@@ -15,7 +15,7 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "bench", "gpu_check.py")
-sys.path.append(os.path.join(REPO, "bench"))  # appended: bench/sample.py must not shadow sample.py
+sys.path.append(os.path.join(REPO, "bench"))  # appended: the project's modules come first
 
 import gpu_check  # noqa: E402
 
@@ -35,7 +35,8 @@ def test_list_names_every_check_once():
     assert len(names) == len(set(names))
     assert {"env", "rl_step_bf16", "rl_step_fp32", "logprob_d896_bf16", "logprob_d4096_fp32", "attention_backends",
             "generate_fp32_vs_hf", "generate_bf16_b1", "generate_bf16_b64", "generate_compile_shapes", "host_syncs",
-            "memory_plan", "nccl"} <= set(names)
+            "memory_plan", "noise_share", "nccl"} <= set(names)
+    assert names.index("memory_plan") < min(names.index(n) for n in names if n.startswith(("generate", "noise")))
     assert [n for n, _ in gpu_check.select("logprob_d896,nccl")] == ["logprob_d896_bf16", "logprob_d896_fp32", "nccl"]
     assert gpu_check.select("") == gpu_check.CHECKS
 
@@ -140,26 +141,38 @@ def test_attention_backends_tags_every_phase(tiny_ckpt):
     assert "forward" not in vars(model)  # the tagging wrapper is gone
 
 
-def test_phase_hooks_see_each_phase_and_restore_train(monkeypatch):
+def test_rl_run_watches_each_phase_through_train_hook(tiny_ckpt):
+    """gpu_check's seam into train.py is train_rl's hook, not patched names: a real step's timed phases
+    start and end once each, in order, with the run's models; generate carries the rollout prompts."""
     import train
-    models = SimpleNamespace(name="models")
-    monkeypatch.setattr(train, "load_models", lambda *a: models)
-    monkeypatch.setattr(train, "rollout", lambda *a: ["row"])
-    monkeypatch.setattr(train, "score", lambda *a: [["row"]])
-    monkeypatch.setattr(train, "update_policy", lambda *a: {"loss": 0.0})
-    fakes = {n: getattr(train, n) for n in ("load_models", "rollout", "score", "update_policy")}
     seen = []
-    with gpu_check.phase_hooks(lambda phase, when, m, out: seen.append((phase, when, m, out))) as state:
-        train.load_models()
-        train.rollout()
-        train.score()
-        train.update_policy()
-    assert state["models"] is models
-    assert seen == [("load", "start", None, None), ("load", "end", models, models),
-                    ("generate", "start", models, None), ("generate", "end", models, ["row"]),
-                    ("reward", "start", models, None), ("reward", "end", models, [["row"]]),
-                    ("update", "start", models, None), ("update", "end", models, {"loss": 0.0})]
-    assert {n: getattr(train, n) for n in fakes} == fakes
+    flags = ["--model", tiny_ckpt, "--steps", "1", "--prompts-per-step", "2", "--group-size", "2",
+             "--max-new-tokens", "6", "--judge-max-new-tokens", "6", "--eval-interval", "0", "--no-progress"]
+    models, lines = gpu_check.rl_run(flags, lambda *a: seen.append(a))
+    assert [(phase, when) for phase, when, _, _ in seen] == [
+        (phase, when) for phase in ("generate", "verify", "judge", "update") for when in ("start", "end")]
+    assert isinstance(models, train.Models) and all(m is models for _, _, m, _ in seen)
+    prompts = seen[0][3]  # the 2 problems' chat prompts, token ids
+    assert len(prompts) == 2 and all(isinstance(t, int) for p in prompts for t in p)
+    assert [line["step"] for line in lines] == [1]
+    assert gpu_check.misplaced({"after_step": gpu_check.model_devices(models)}, torch.device("cpu")) == []
+
+
+def test_noise_check_reports_the_share_and_parity(tiny_ckpt, monkeypatch):
+    """check_noise on the CPU with the tiny model standing in for the 0.5B one, the fused noise left eager
+    (no compile here): one parity line with bench/noise.py's figures and the expectations."""
+    import sample
+    from model import Qwen
+    monkeypatch.setattr(gpu_check, "qwen05b_folder", lambda: tiny_ckpt)
+    monkeypatch.setattr(gpu_check, "load_ours", lambda path, dtype: Qwen.from_pretrained(path))
+    monkeypatch.setitem(sample._FUSED_UNIFORM, "fn", sample.hashed_uniform)
+    out = gpu_check.check_noise()
+    assert out["ok"] is True and out["parity"] is True and out["identical"] is True
+    assert out["rows"] == 64 and out["context"] == 256 and out["device"] == "cpu"
+    assert 0 < out["share_fused"] < 1 and out["decode_step_ms"] > 0 and out["noise_fused_ms"] > 0
+    assert set(out["expect"]) == {"fused_compiled", "fused_faster_than_eager", "fused_share_at_most_5pct"}
+    assert out["expect"]["fused_compiled"] is False  # left eager above
+    json.loads(gpu_check.line({"check": "noise_share", **out}))
 
 
 def test_placement_verdict_names_the_phase_and_model():

@@ -25,13 +25,13 @@ def test_qwen2_5_0_5b_by_hand():
     # 24 layers of q (896x896 + bias), k and v (896x128 + bias each), o (896x896), the MLP (3 x 896x4864)
     # and two norms; the tied embedding 151936 x 896; the final norm
     layer = 896 * 896 + 896 + 2 * (896 * 128 + 128) + 896 * 896 + 3 * 896 * 4864 + 2 * 896
-    P = 24 * layer + 151936 * 896 + 896
-    assert P == 494_032_768  # "0.49B" on the model card
+    P = 24 * layer + 151936 * 896 + 896  # 494,032,768: "0.49B" on the model card
+    assert memory_plan.count_params(memory_plan.config("Qwen2.5-0.5B")) == P
     b = memory_plan.plan(memory_plan.config("Qwen2.5-0.5B"), gpus=8, rollouts=64, prompt_len=256, new_tokens=1024,
                          micro_batch=8, fused=False, grad_ckpt=False)
     assert b["master"] == 4 * P / 8 and b["grads"] == 4 * P / 8 and b["adam"] == 8 * P / 8 and b["weights"] == 2 * P
     kv = 64 * 1280 * 2 * 24 * 2 * 64 * 2  # rows x slots x (k, v) x layers x kv heads x head_dim x bf16
-    assert b["kv_cache"] == kv == 1_006_632_960
+    assert b["kv_cache"] == kv
     assert b["head"] == 12 * (8 * 1024) * 151936  # fp32 logits, log-softmax, gradient: [8 x 1024, vocab] each
     assert b["peak_generate"] == 2 * P + (4 + 4 + 8 + 2) * P / 8 + kv
 

@@ -1,4 +1,5 @@
-"""sample.py: greedy parity with transformers, cache vs full forward, sampling distributions."""
+"""sample.py: greedy parity with transformers, cache vs full forward, sampling distributions; the
+sample-and-decode helper `completions`."""
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import sample
 from conftest import make_tiny_checkpoint
 from model import Qwen, QwenConfig
 from sample import MIN_LEN_BUCKET, bucket, generate, process_logits, sample_next
+from tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -364,3 +366,102 @@ def test_hashed_noise_samples_the_distribution_and_keeps_batch_independence(tiny
     both = sample.generate(model, [[5, 6, 7], [8, 9]], n=3, max_new_tokens=6, seed=[11, 22])
     alone = sample.generate(model, [[8, 9]], n=3, max_new_tokens=6, seed=[22])
     assert all(both.completion(3 + i) == alone.completion(i) for i in range(3))
+
+
+def test_completions_are_generate_rows_decoded_chunk_by_chunk(tiny_ckpt):
+    """sample.completions: each generate row with its text (the stop token dropped), log-probs and
+    finish; with batch_size, each chunk seeded as a generate call of its own (an int seed: seed + the
+    index of its first prompt; a list: its prompts' seeds)."""
+    model, tok = Qwen.from_pretrained(tiny_ckpt), Tokenizer.from_pretrained(tiny_ckpt)
+    prompts = prompt_batch(model.config.vocab_size, lens=(4, 7, 2))
+    kw = dict(n=2, max_new_tokens=10, temperature=1.0)
+    for seed, chunk_seeds in [(5, (5, 7)), ([1, 2, 3], ([1, 2], [3]))]:
+        got = sample.completions(model, tok, prompts, seed=seed, batch_size=2, **kw)
+        calls = [generate(model, part, seed=s, stop_ids=tok.stop_ids, pad_id=tok.pad_id, **kw)
+                 for part, s in zip((prompts[:2], prompts[2:]), chunk_seeds)]
+        rows = [(ro, i) for ro in calls for i in range(len(ro.lengths))]
+        assert len(got) == len(rows) == 6
+        for c, (ro, i) in zip(got, rows):
+            ids = ro.completion(i)
+            assert c.ids == ids and torch.equal(c.logp, ro.logprobs[i, :len(ids)])
+            assert c.truncated == (ro.finish_reasons[i] == "length")
+            assert c.text == tok.decode(ids[:-1] if ids[-1] in tok.stop_ids else ids)
+
+
+def test_decode_completion_drops_only_the_final_stop_token(tiny_ckpt):
+    tok = Tokenizer.from_pretrained(tiny_ckpt)
+    ids = tok.encode("<answer> 1 </answer>")
+    assert sample.decode_completion(tok, ids + [tok.eos_id]) == "<answer> 1 </answer>"
+    assert sample.decode_completion(tok, ids) == "<answer> 1 </answer>"
+
+
+def hashed_noise_as_defined(seeds, n, vocab, steps):
+    """The hashed noise written out as eager ops, one [R, V] pass each: the numbers any fused version must give."""
+    keys = sample._mix(torch.tensor(seeds).repeat_interleave(n) * 0x2545F491 + torch.arange(len(seeds) * n) % n)
+    columns = torch.arange(vocab) * sample._GOLDEN
+    for t in range(steps):
+        bits = sample._mix(sample._mix(keys + sample._int64((t + 1) * sample._GOLDEN))[:, None] ^ columns)
+        yield -torch.log((((bits >> 40) & 0xFFFFFF).float() + 0.5) / 2**24)
+
+
+def test_fused_hashed_noise_is_eager_bit_for_bit(monkeypatch):
+    """The compiled hashed noise (one inductor C++ kernel here, Triton on CUDA) gives the eager numbers bit
+    for bit over several steps and shapes (odd rows and vocabularies, a seed near 2**63), from one graph
+    compiled for all of them (dynamic rows and vocabulary). Slow by nature: inductor runs gcc once."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(sample, "_FUSED_UNIFORM", {})
+    torch._dynamo.reset()
+    counters.clear()
+    for seeds, n, vocab in (([3, 5, 7], 3, 1001), ([2**62 + 5, -9], 2, 77), (list(range(8)), 8, 4099)):
+        eager = sample.Noise(seeds, n, vocab, 4, "cpu", hashed=True, fused=False)
+        fused = sample.Noise(seeds, n, vocab, 4, "cpu", hashed=True, fused=True)
+        assert eager.uniform_fn is sample.hashed_uniform and fused.uniform_fn is sample.fused_uniform
+        for expected in hashed_noise_as_defined(seeds, n, vocab, steps=4):
+            assert torch.equal(eager.next(len(seeds) * n), expected)
+            assert torch.equal(fused.next(len(seeds) * n), expected)
+    assert sample._FUSED_UNIFORM["fn"] is not sample.hashed_uniform  # compiled, not the fallback
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_fused_noise_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    """A machine where inductor cannot compile (no C compiler for Triton, say) still samples, with the
+    same numbers: one warning, then eager noise."""
+
+    def broken_compile(fn, **kw):
+        def compiled(*args):
+            raise RuntimeError("no C compiler")
+        return compiled
+
+    monkeypatch.setattr(sample, "_FUSED_UNIFORM", {})
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    noise = sample.Noise([4, 2], 3, 50, 3, "cpu", hashed=True, fused=True)
+    with pytest.warns(UserWarning, match="hashed noise runs eagerly.*no C compiler"):
+        first = noise.next(6)
+    expected = list(hashed_noise_as_defined([4, 2], 3, 50, steps=2))
+    assert torch.equal(first, expected[0]) and torch.equal(noise.next(6), expected[1])
+    assert sample._FUSED_UNIFORM["fn"] is sample.hashed_uniform
+
+
+def test_noise_on_the_cpu_compiles_nothing_unless_asked(monkeypatch):
+    """The CPU keeps eager hashed noise (and per-prompt generators when hashing is not forced); FUSED_NOISE
+    (or fused=True) asks for the compiled kernel."""
+    assert not sample.Noise([1, 2], 2, 50, 3, "cpu").hashed
+    assert sample.Noise([1, 2], 2, 50, 3, "cpu", hashed=True).uniform_fn is sample.hashed_uniform
+    monkeypatch.setattr(sample, "FUSED_NOISE", True)
+    assert sample.Noise([1, 2], 2, 50, 3, "cpu", hashed=True).uniform_fn is sample.fused_uniform
+    assert sample.Noise([1, 2], 2, 50, 3, "cpu", hashed=True, fused=False).uniform_fn is sample.hashed_uniform
+
+
+@pytest.mark.parametrize("name", ["recompile_limit", "cache_size_limit"])
+def test_compile_raises_dynamos_graph_limit_under_either_name(monkeypatch, name):
+    """torch >= 2.7 calls dynamo's graphs-per-function limit recompile_limit, torch 2.6 (the floor in
+    pyproject.toml) cache_size_limit and has no recompile_limit: --compile sets whichever exists."""
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(**{name: 8})
+    monkeypatch.setattr(torch._dynamo, "config", config)  # only sample reads this attribute here
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    monkeypatch.setattr(sample, "_COMPILED", {})
+    assert sample._compiled_decode_step(torch.device("cpu")) is sample._decode_step
+    assert vars(config) == {name: sample.RECOMPILE_LIMIT}

@@ -1,7 +1,7 @@
 """Decode speed: sample.generate vs transformers' generate on identical weights (greedy, CPU).
 
-    python bench/sample.py            # prints one JSON line
-    python bench/sample.py --compile  # also generate(compile=True): compile time, tok/s, graphs compiled
+    python bench/decode.py            # prints one JSON line
+    python bench/decode.py --compile  # also generate(compile=True): compile time, tok/s, graphs compiled
 
 Configs: (a) tiny — d=256, 4 layers, vocab 2048; (b) Qwen2.5-0.5B-shaped layers — d=896,
 14 heads / 2 kv heads, mlp 4864, vocab 151,936, tied — with 4 layers. Batch 1 and 16, 128 new
