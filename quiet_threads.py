@@ -1,6 +1,6 @@
 """Imported first by each entry point, before torch: idle OpenMP threads sleep instead of spinning.
 
-On a busy shared CPU, spinning OpenMP workers made tiny-model runs 4-60x slower (measured in session 1).
+On a busy shared CPU, spinning OpenMP workers made tiny-model runs 4-60x slower.
 """
 
 import os

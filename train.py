@@ -7,14 +7,17 @@
     python train.py --model DIR --self-correct --reward verifier   # stage 2 of self-rewarding correction
     torchrun --nproc_per_node 8 train.py --model DIR ...      # the same loop on 8 GPUs, sharded by FSDP2
 
-One step (train_rl, numbered as in the code):
-  1. problems: the task's generator (a pure function of (seed, step)), or proposed by the policy
+One step (train_rl: every stage a call, numbered as in the code):
+  1. problems: this rank's share of the step's -- the task's generator (a pure function of (seed,
+     step)), or the policy's proposals that its own judge admits (propose.py)
   2. G rollouts per problem, sampled by the policy
   3. rewards: the policy judging its own extracted answers (RLSR), or the formal verifier (baseline);
      the verifier is called on every rollout, but under self-reward only to measure (rollout
-     accuracy, the judge's TP/FP/TN/FN)
-  4. advantages: each reward against its group's mean (GRPO)
-  5. the PPO update (fp32 master weights; bf16 autocast per forward on CUDA or with --dtype bf16)
+     accuracy, the judge's TP/FP/TN/FN); proposed problems: the groups inside the learnability band,
+     a short step filled from the problem buffer, then from the task
+  4. advantages: each reward against its group's mean (GRPO), computed with everything else the update
+     needs (ppo.prepare: the old and reference log-probs, gae's values)
+  5. the PPO update (ppo.update; fp32 master weights; bf16 autocast per forward on CUDA or with --dtype bf16)
   6. one line of OUT/metrics.jsonl; held-out accuracy every --eval-interval steps; OUT/ckpt/ (a
      model folder + trainer state, replaced atomically) every --save-interval steps
 
@@ -32,12 +35,13 @@ import sys
 import time
 import zlib
 from contextlib import contextmanager, nullcontext, redirect_stderr
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from tqdm import tqdm
 
-import propose
+import memory
+import ppo
 import sample
 import tasks
 from checkpoint import (append_jsonl, check_lengths, latest_checkpoint, load_checkpoint, load_trainer_state,
@@ -45,19 +49,23 @@ from checkpoint import (append_jsonl, check_lengths, latest_checkpoint, load_che
 from config import TrainConfig, UsageError, config_from_flags
 from distributed import (all_ranks, close, compute_dtype, gather_groups, init_distributed, is_main, merge_stats,
                          pick_device, rank_and_world, resident, shard)
-from eval import evaluate, evaluate_self_correct, self_correct_metrics, verify_all
-from judge import Judge, agreement, confusion_rates, decode_completion, passed
+from eval import evaluate, evaluate_self_correct, self_correct_metrics
+from judge import Judge, agreement, confusion_rates, passed
 from model import CheckpointError, Qwen
-from ppo import ValueHead, group_advantages, ppo_update
-from propose import ProblemBuffer
+from propose import ProblemBuffer, Proposer
+from sft import pad_batch
+from trackers import TrackerError, open_trackers
 
 
 # -----------------------------------------------------------------------------
 # The RL loop
 
 
-def train_rl(cfg: TrainConfig) -> str:
-    """Run cfg.steps RL steps (continuing a --resume); -> the path of OUT/metrics.jsonl."""
+def train_rl(cfg: TrainConfig, hook=None) -> str:
+    """Run cfg.steps RL steps (continuing a --resume); -> the path of OUT/metrics.jsonl.
+
+    hook(phase, "start" | "end", models, data), when given, is called around each phase a step times
+    (Timer: "generate", "judge", "verify", "update"), with the run's Models: bench/gpu_check.py's probe."""
     task = tasks.get(cfg.task)
     rank, world, device = init_distributed(pick_device(cfg.device))  # (0, 1, device) without torchrun
     dtype = compute_dtype(cfg.dtype, device)
@@ -68,16 +76,17 @@ def train_rl(cfg: TrainConfig) -> str:
     if not cfg.resume and rank == 0:  # written once the models load: --resume reads it, and refuses a changed one
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=2)
-    value_head = ValueHead(m.policy.config.hidden_size).to(device) if cfg.advantage == "gae" else None
+    cfg = sized_to_memory(cfg, m, task, device, dtype, world)  # CUDA without --micro-batch-size: from the plan
+    value_head = ppo.ValueHead(m.policy.config.hidden_size).to(device) if cfg.advantage == "gae" else None
     params = list(m.policy.parameters()) + (list(value_head.parameters()) if value_head else [])
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay, fused=True)
     start = restore(ckpt, state, m.policy, optimizer, value_head, device) if ckpt else 0
     buffer = ProblemBuffer(state.get("problem_buffer") if ckpt else None)  # --problems self: recent own problems
-    metrics_file, samples_file = open_logs(cfg.out, start)
-    difficulty = m.meta.get("difficulty", {})  # task knobs the model folder asks for (the tiny model's)
-    heldout = task.make_problems(cfg.eval_n, seed=cfg.seed, split="test", **difficulty) if cfg.eval_interval else []
+    proposer = Proposer(cfg, task, buffer) if cfg.problems != "task" else None
+    log = RunLog(cfg, start)
+    heldout = task.make_problems(cfg.eval_n, seed=cfg.seed, split="test", **cfg.difficulty) if cfg.eval_interval else []
     if start == 0 and cfg.eval_interval:
-        log_eval(metrics_file, {"step": 0, **heldout_eval(cfg, m, task, heldout, device)}, cfg, print)
+        log.eval({"step": 0, **heldout_eval(cfg, m, task, heldout, device)}, print)
 
     bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, disable=not cfg.progress or rank > 0,
                dynamic_ncols=True, desc=f"rlsr {cfg.task}")
@@ -85,31 +94,28 @@ def train_rl(cfg: TrainConfig) -> str:
     last_acc = None
     for step in bar:
         torch.manual_seed(derive_seed(cfg.seed, step, "torch"))  # the update order: a function of (seed, step)
-        timer = Timer()
+        timer = Timer(hook, m)
         with resident([m.sampler, *m.judge_frozen], device, generate=True):  # full weights for generation
-            # 1. problems (this rank's share): the task's generator, or written by the policy and
-            #    admitted by its own judge; 2. G rollouts per problem; 3. rewards: the judge's verdicts
-            #    (or the verifier's)
-            if cfg.problems == "task":
-                groups, proposals, source = task_groups(cfg, m, task, step, quota, difficulty, timer), [], {}
-            else:
-                groups, proposals, source = self_proposed_groups(cfg, m, task, step, quota, buffer, difficulty,
-                                                                 timer)
-        rows = [r for g in groups for r in g]
+            # 1. problems (this rank's share): the task's, or the policy's proposals its own judge admits
+            problems, index, what = step_problems(cfg, m, task, step, quota, proposer, timer)
+            # 2. G rollouts per problem
+            rows = rollout(cfg, m.sampler, m.tok, task, problems, index, step, what, timer)
+            # 3. rewards: the judge's verdicts (or the verifier's), grouped by problem; of proposed problems
+            #    the groups in the learnability band, a short step filled from the buffer, then the task
+            groups = score(cfg, task, m.judge, rows, step, what, timer)
+            if proposer:
+                groups = fill(cfg, m, task, step, quota, proposer.keep(groups, quota), proposer, timer)
 
         with timer("update"):
-            # 4. advantages: each reward against its group's mean (and std); proposals (--train-proposer)
-            #    against the step's other proposals
-            batch = ppo_batch(rows + proposals, m.tok.pad_id, device)
-            batch["rewards"] = torch.tensor([r["reward"] for r in rows + proposals], device=device)
-            if cfg.advantage == "group":
-                batch["advantages"] = torch.cat([group_advantages(batch["rewards"][:len(rows)], cfg.group_size,
-                                                                  cfg.scale_std),
-                                                 proposal_advantages(batch["rewards"][len(rows):])])
+            # 4. advantages: each reward against its group's (GRPO), a proposal's (--train-proposer)
+            #    against the step's proposals; with the old and reference log-probs the update needs
+            batch = ppo_batch([r for g in groups for r in g], proposer.rows() if proposer else [], m.tok.pad_id, device)
+            batch = prepare_update(cfg, m, batch, value_head, device, dtype)
             # 5. PPO on the fp32 master weights; the sampler's copy follows
-            stats = update_policy(cfg, m, optimizer, batch, value_head, device, dtype)
+            stats = update_policy(cfg, m, optimizer, batch, value_head, dtype)
 
         # 6. log (every rank's rows, written by rank 0), held-out eval, checkpoint
+        source = proposer.metrics(groups) if proposer else {}
         stats = merge_stats(stats, float(batch["response_mask"].sum()))
         groups = gather_groups(groups)
         line = step_metrics(step, groups, stats, cfg, source)
@@ -117,16 +123,18 @@ def train_rl(cfg: TrainConfig) -> str:
             line.update(heldout_eval(cfg, m, task, heldout, device))
             last_acc = line["heldout_acc"]
         line.update(timer.times(), lr=optimizer.param_groups[0]["lr"])
-        log_step(metrics_file, samples_file, line, groups[0][0], m.tok, cfg, bar)
+        log.step(line, groups[0][0], m.tok, bar)
         bar.set_postfix(reward=f"{line['reward_mean']:.3f}", judge_agree=fmt(line.get("judge_accuracy")),
                         heldout_acc=fmt(last_acc))
         if step % cfg.save_interval == 0 or step == cfg.steps:
             save_checkpoint(cfg, m.policy, m.tok, m.meta, optimizer, value_head, step, buffer.state())
     bar.close()
+    log.close()
     if rank == 0:
-        print(run_summary(metrics_file))
-        print(f"done: {cfg.steps} steps; metrics in {metrics_file}, model folder in {os.path.join(cfg.out, 'ckpt')}")
-    return metrics_file
+        print(run_summary(log.metrics_file))
+        print(f"done: {cfg.steps} steps; metrics in {log.metrics_file}, model folder in {os.path.join(cfg.out, 'ckpt')}")
+        print(f"draw the run: python plot.py {cfg.out}   (writes {os.path.join(cfg.out, 'metrics.png')})")
+    return log.metrics_file
 
 
 # -----------------------------------------------------------------------------
@@ -181,18 +189,18 @@ def load_models(cfg, ckpt, task, device, dtype, world) -> Models:
     return Models(policy, sampler, reference, judge, tok, meta)
 
 
-def update_policy(cfg, m: Models, optimizer, batch, value_head, device, dtype) -> dict:
-    """One PPO update of the policy on the batch; the sampler's bf16 copy (if any) follows."""
-    m.policy.train()
-    with resident([m.reference] if cfg.kl_coef > 0 else [], device):
-        stats = ppo_update(m.policy, optimizer, batch, cfg, ref_model=m.reference, value_head=value_head,
-                           compute_dtype=dtype)
-    m.policy.eval()
-    if m.sampler is not m.policy:
-        with torch.no_grad():
-            for d, s in zip(m.sampler.parameters(), m.policy.parameters()):
-                d.copy_(s)
-    return stats
+def sized_to_memory(cfg, m: Models, task, device, dtype, world) -> TrainConfig:
+    """On CUDA without --micro-batch-size: the micro-batch the memory plan fits in this GPU's free memory
+    (memory.py; the whole minibatch at once would not fit a real model). Elsewhere cfg unchanged."""
+    if cfg.micro_batch_size or device.type != "cuda":
+        return cfg
+    probe = task.make_problems(64, seed=cfg.seed, split="train", **cfg.difficulty)  # the longest prompt, roughly
+    prompt_len = max(len(m.tok.encode_chat(solver_prompt(cfg, task, p))) for p in probe)
+    micro, peak = memory.run_micro_batch(cfg, m.policy.config, world, prompt_len, device, dtype)
+    if is_main():
+        print(f"micro-batch: {micro} rollouts per forward/backward (the memory plan's peak {peak / 2**30:.1f} GiB "
+              f"per GPU, prompts up to {prompt_len} tokens); --micro-batch-size N sets it")
+    return replace(cfg, micro_batch_size=micro)
 
 
 # -----------------------------------------------------------------------------
@@ -229,112 +237,38 @@ def heldout_eval(cfg, m: Models, task, heldout, device) -> dict:
             "heldout_mean_length": r["mean_length"], "time_eval": time.time() - t0}
 
 
-def open_logs(out, start) -> tuple[str, str]:
-    """OUT/metrics.jsonl and OUT/samples.jsonl, cut back to the checkpoint's step (a killed run)."""
-    files = os.path.join(out, "metrics.jsonl"), os.path.join(out, "samples.jsonl")
-    for file in files if is_main() else ():
-        truncate_jsonl(file, start)
-    return files
+class RunLog:
+    """What rank 0 records of a run: OUT/metrics.jsonl (a line per step), OUT/samples.jsonl (an example
+    rollout per step), both cut back to the checkpoint's step (a killed run), and the same metrics
+    lines to the --report-to trackers (TensorBoard, W&B)."""
 
+    def __init__(self, cfg, start):
+        self.cfg, self.main = cfg, is_main()
+        self.metrics_file = os.path.join(cfg.out, "metrics.jsonl")
+        self.samples_file = os.path.join(cfg.out, "samples.jsonl")
+        for file in (self.metrics_file, self.samples_file) if self.main else ():
+            truncate_jsonl(file, start)
+        self.trackers = open_trackers(cfg.report_to if self.main else [], cfg.out, asdict(cfg), start=start)
 
-def log_eval(metrics_file, line, cfg, write):
-    if is_main():
-        append_jsonl(metrics_file, line)
-        write(f"step {line['step']}: {eval_note(line)} ({cfg.eval_n} problems)")
+    def eval(self, line, write):
+        if self.main:
+            self._metrics(line)
+            write(f"step {line['step']}: {eval_note(line)} ({self.cfg.eval_n} problems)")
 
+    def step(self, line, row, tok, bar):
+        if not self.main:
+            return
+        if "heldout_acc" in line:
+            bar.write(f"step {line['step']}: {eval_note(line)} ({self.cfg.eval_n} problems)")
+        self._metrics(line)
+        append_jsonl(self.samples_file, example_line(line["step"], row, tok))
 
-def log_step(metrics_file, samples_file, line, row, tok, cfg, bar):
-    """Rank 0 writes the step's metrics line and one example rollout."""
-    if not is_main():
-        return
-    if "heldout_acc" in line:
-        bar.write(f"step {line['step']}: {eval_note(line)} ({cfg.eval_n} problems)")
-    append_jsonl(metrics_file, line)
-    append_jsonl(samples_file, example_line(line["step"], row, tok))
+    def _metrics(self, line):
+        append_jsonl(self.metrics_file, line)
+        self.trackers.log(line)
 
-
-# -----------------------------------------------------------------------------
-# Helpers of the loop: problems, rollouts, rewards, the PPO batch, metrics
-
-
-def task_groups(cfg, m, task, step, quota, difficulty, timer, k=None) -> list[list[dict]]:
-    """This rank's k (default: quota) of the step's task-generated problems -> G scored rollouts each."""
-    rank, _ = rank_and_world()
-    k = quota if k is None else k
-    problems = task.make_problems(cfg.prompts_per_step, seed=derive_seed(cfg.seed, step, "problems"), split="train",
-                                  **difficulty)
-    index = list(range(rank * quota, rank * quota + k))
-    return score(cfg, task, m.judge, rollout(cfg, m.sampler, m.tok, task, problems, index, step, "task", timer),
-                 step, "task", timer)
-
-
-def self_proposed_groups(cfg, m, task, step, quota, buffer, difficulty, timer):
-    """RLSR's complete loop (propose.py): the policy proposes problems with witnesses, its judge admits
-    them, G rollouts each are self-judged, and the groups inside the learnability band are kept; a
-    short step reuses admitted problems from the buffer (task problems only while it is empty).
-    --problems self-mixed is the earlier method, kept for comparison: no witness, no admission, a
-    group kept when its rewards are mixed.
-    -> (this rank's groups, proposal rows for --train-proposer, metrics)."""
-    rank, world = rank_and_world()
-    rng = random.Random(derive_seed(cfg.seed, step, "examples"))
-    shown, from_task = propose.examples(cfg, task, buffer, rng, difficulty)  # the same on every rank
-    with timer("generate"):
-        proposals = propose.propose(cfg, m.sampler, m.tok, task, shown, derive_seed(cfg.seed, step, "propose"))
-    with timer("judge"):
-        if cfg.problems == "self-mixed":
-            admitted = propose.admit(proposals, None, buffer, shown, seeds=None, task=task)
-        else:
-            admitted = propose.admit(proposals, m.judge, buffer, shown, task=task,
-                                     seeds=[derive_seed(cfg.seed, step, f"admit/{i}") for i in range(len(proposals))])
-    problems = [p["problem"] for p in admitted]
-    candidates = score(cfg, task, m.judge, rollout(cfg, m.sampler, m.tok, task, problems,
-                                                   list(range(rank, len(problems), world)), step, "self", timer),
-                       step, "self", timer)
-    rates = dict(x for part in all_ranks([(propose.canonical(g[0]["problem"]), propose.pass_rate(g))
-                                          for g in candidates]) for x in part)
-    old_buffer = propose.ProblemBuffer(buffer.state())
-    for problem in problems:  # every rank adds the same problems in the same order
-        buffer.add(problem, rates[propose.canonical(problem)])
-    if cfg.problems == "self-mixed":
-        groups = [g for g in candidates if len({r["reward"] for r in g}) > 1][:quota]
-    else:
-        groups = [g for g in candidates if propose.in_band(g, cfg.band)][:quota]
-    n_self = len(groups)
-    if len(groups) < quota and old_buffer.items and cfg.problems == "self":  # reuse earlier admitted problems
-        again = propose.reuse(old_buffer, cfg.band, quota - len(groups),
-                              random.Random(derive_seed(cfg.seed, step, f"reuse/{rank}")))
-        reused = score(cfg, task, m.judge, rollout(cfg, m.sampler, m.tok, task, again, list(range(len(again))), step,
-                                                   f"reuse/{rank}", timer), step, f"reuse/{rank}", timer)
-        for g in reused:
-            buffer.add(g[0]["problem"], propose.pass_rate(g))
-        groups += reused
-    n_reused = len(groups) - n_self
-    if len(groups) < quota:  # nothing of its own yet: the task's problems
-        groups += task_groups(cfg, m, task, step, quota, difficulty, timer, k=quota - len(groups))
-    # the verifier's view (logged, never used): each admitted problem's solvability, searched once
-    solvable = {propose.canonical(p): bool(task.solvable(p)) for p in problems} if hasattr(task, "solvable") else {}
-    source = {**propose.measure(task, proposals, candidates, solvable), "examples_from_task": from_task}
-    kept = [x for part in all_ranks([solvable[propose.canonical(g[0]["problem"])] for g in groups[:n_self]]
-                                    if solvable else []) for x in part]
-    if kept:
-        source["trained_solvable"] = sum(kept) / len(kept)
-    counts = all_ranks((n_self, n_reused, len(groups)))
-    source.update(problems_self=sum(c[0] for c in counts), problems_reused=sum(c[1] for c in counts))
-    source["self_share"] = (source["problems_self"] + source["problems_reused"]) / sum(c[2] for c in counts)
-    proposal_rows = []
-    if cfg.train_proposer:  # this rank's share of the proposals, each with its learnability reward
-        for p, reward in zip(proposals, propose.proposer_rewards(proposals, rates, cfg.band)):
-            p["reward"] = reward
-        proposal_rows = proposals[rank::world]
-        source["proposer_reward"] = sum(p["reward"] for p in proposals) / len(proposals)
-    return groups, proposal_rows, source
-
-
-def proposal_advantages(rewards, eps=1e-6):
-    """The proposer's own normalisation: each proposal's reward against the step's proposals."""
-    if rewards.numel() < 2:
-        return torch.zeros_like(rewards)
-    return (rewards - rewards.mean()) / (rewards.std() + eps)
+    def close(self):
+        self.trackers.close()
 
 
 def run_summary(metrics_file) -> str:
@@ -362,9 +296,49 @@ def eval_note(line) -> str:
     return note
 
 
+# -----------------------------------------------------------------------------
+# The stages: problems, rollouts, rewards, the PPO batch, advantages, the update
+
+
 def derive_seed(seed: int, step: int, what: str) -> int:
     """A seed for one purpose at one step: runs (and resumed runs) see the same problems and samples."""
     return zlib.crc32(f"{seed}/{step}/{what}".encode())
+
+
+def step_problems(cfg, m, task, step, quota, proposer, timer) -> tuple[list, list, str]:
+    """1. The step's problems -> (problems, the indices of those this rank solves, who wrote them):
+    the task's (this rank's quota of them), or the proposals the policy's judge admits (every
+    world-th of them); every rank gets the same list."""
+    rank, world = rank_and_world()
+    if proposer is None:
+        return task_problems(cfg, task, step), list(range(rank * quota, (rank + 1) * quota)), "task"
+    problems = proposer.admitted(m.sampler, m.tok, m.judge, timer,
+                                 rng=random.Random(derive_seed(cfg.seed, step, "examples")),
+                                 seed=derive_seed(cfg.seed, step, "propose"),
+                                 judge_seeds=[derive_seed(cfg.seed, step, f"admit/{i}") for i in range(cfg.propose_n)])
+    return problems, list(range(rank, len(problems), world)), "self"
+
+
+def task_problems(cfg, task, step) -> list[dict]:
+    """The step's cfg.prompts_per_step problems from the task's generator: a pure function of (seed, step)."""
+    return task.make_problems(cfg.prompts_per_step, seed=derive_seed(cfg.seed, step, "problems"), split="train",
+                              **cfg.difficulty)
+
+
+def fill(cfg, m, task, step, quota, groups, proposer, timer) -> list[list[dict]]:
+    """Stages 1-3 again for a step short of learnable proposals: problems admitted at earlier steps
+    (the buffer), then, while it is empty, the task's -> this rank's quota groups."""
+    rank, _ = rank_and_world()
+    again = proposer.from_buffer(quota - len(groups), random.Random(derive_seed(cfg.seed, step, f"reuse/{rank}")))
+    if again:
+        what = f"reuse/{rank}"
+        rows = rollout(cfg, m.sampler, m.tok, task, again, list(range(len(again))), step, what, timer)
+        groups = groups + proposer.renew(score(cfg, task, m.judge, rows, step, what, timer))
+    if len(groups) < quota:  # nothing of its own yet: this rank's first task problems
+        index = list(range(rank * quota, rank * quota + quota - len(groups)))
+        rows = rollout(cfg, m.sampler, m.tok, task, task_problems(cfg, task, step), index, step, "task", timer)
+        groups = groups + score(cfg, task, m.judge, rows, step, "task", timer)
+    return groups
 
 
 def rollout(cfg, model, tok, task, problems, index, step, what, timer) -> list[dict]:
@@ -374,19 +348,14 @@ def rollout(cfg, model, tok, task, problems, index, step, what, timer) -> list[d
     if not index:
         return []
     G = cfg.group_size
-    make_prompt = (lambda p: tasks.self_correct_prompt(task, p, style=cfg.prompt_style)) if cfg.self_correct else \
-        (lambda p: task.prompt(p, style=cfg.prompt_style))
-    prompts = [tok.encode_chat(make_prompt(problems[i])) for i in index]
-    with timer("generate"):
-        out = sample.generate(model, prompts, n=G, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                              top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
-                              seed=[derive_seed(cfg.seed, step, f"rollout/{what}/{i}") for i in index],
-                              compile=cfg.compile)
+    prompts = [tok.encode_chat(solver_prompt(cfg, task, problems[i])) for i in index]
+    with timer("generate", prompts):
+        done = sample.completions(model, tok, prompts, n=G, max_new_tokens=cfg.max_new_tokens,
+                                  temperature=cfg.temperature, top_p=cfg.top_p, compile=cfg.compile,
+                                  seed=[derive_seed(cfg.seed, step, f"rollout/{what}/{i}") for i in index])
     rows = []
-    for i in range(len(prompts) * G):
-        ids = out.completion(i)
-        text = decode_completion(tok, ids)
-        truncated, answer, extra = out.finish_reasons[i] == "length", task.extract_answer(text), {}
+    for i, c in enumerate(done):
+        ids, text, truncated, answer, extra = c.ids, c.text, c.truncated, task.extract_answer(c.text), {}
         if cfg.self_correct:  # cut after "[VERIFY] correct" or the turn limit: later tokens get no loss
             traj = tasks.parse_trajectory(text, cfg.max_turns, task.extract_answer)
             if traj.end < len(text):
@@ -394,9 +363,16 @@ def rollout(cfg, model, tok, task, problems, index, step, what, timer) -> list[d
             answer = traj.final  # the reward is on the final answer only (the paper's guard)
             extra = dict(first=traj.first, first_verdict=traj.first_verdict, attempts=len(traj.turns))
         rows.append(dict(problem=problems[index[i // G]], prompt=prompts[i // G], completion=ids, text=text,
-                         logp=out.logprobs[i, :len(ids)].float().cpu(), truncated=truncated, answer=answer,
-                         what=what, index=index[i // G], sample=i % G, **extra))
+                         logp=c.logp[:len(ids)], truncated=truncated, answer=answer, what=what,
+                         index=index[i // G], sample=i % G, **extra))
     return rows
+
+
+def solver_prompt(cfg, task, problem) -> list[dict]:
+    """The chat messages a rollout answers: the task's prompt, or with --self-correct its [VERIFY] variant."""
+    if cfg.self_correct:
+        return tasks.self_correct_prompt(task, problem, style=cfg.prompt_style)
+    return task.prompt(problem, style=cfg.prompt_style)
 
 
 def tokens_for_chars(tok, ids, n_chars) -> int:
@@ -417,7 +393,7 @@ def score(cfg, task, judge, rows, step, what, timer) -> list[list[dict]]:
     The verifier runs on every row, but under --reward self its result is only logged ("correct")."""
     problems, answers = [r["problem"] for r in rows], [r["answer"] for r in rows]
     with timer("verify"):
-        correct = verify_all(task, problems, answers)
+        correct = tasks.verify_all(task, problems, answers)
     if cfg.reward == "verifier":
         rewards, texts = [float(c) for c in correct], [[] for _ in rows]
     else:
@@ -428,25 +404,43 @@ def score(cfg, task, judge, rows, step, what, timer) -> list[list[dict]]:
         r.update(correct=c, reward=float(w), judge_texts=t)
     if cfg.self_correct:  # the first answer's correctness: logged (turn-1 accuracy), never rewarded
         with timer("verify"):
-            for r, c in zip(rows, verify_all(task, problems, [r["first"] for r in rows])):
+            for r, c in zip(rows, tasks.verify_all(task, problems, [r["first"] for r in rows])):
                 r["first_correct"] = c
     G = cfg.group_size
     return [rows[i:i + G] for i in range(0, len(rows), G)]
 
 
-def ppo_batch(rows, pad_id, device) -> dict:
-    """Prompt + completion per row, right-padded; response_mask and old_logp at the completion tokens
-    (position t is token t, ppo.py's convention)."""
-    T = max(len(r["prompt"]) + len(r["completion"]) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), T)
-    old_logp = torch.zeros(len(rows), T)
-    for b, r in enumerate(rows):
-        p, c = len(r["prompt"]), len(r["completion"])
-        ids[b, :p + c] = torch.tensor(r["prompt"] + r["completion"])
-        mask[b, p:p + c] = 1
-        old_logp[b, p:p + c] = r["logp"]
-    return {"input_ids": ids.to(device), "response_mask": mask.to(device), "old_logp": old_logp.to(device)}
+def ppo_batch(rows, proposals, pad_id, device) -> dict:
+    """The rollout rows, then the proposal rows (--train-proposer) -> the PPO batch: input_ids [B, T]
+    (prompt + completion per row, right-padded: sft.pad_batch), response_mask [B, T] (1 at the
+    completion tokens: position t is token t, ppo.py's convention), old_logp [B, T] (the sampler's,
+    there), rewards [B] and proposals (how many rows at the end are proposals)."""
+    rows = rows + proposals
+    ids, on = pad_batch([(r["prompt"] + r["completion"], [0] * len(r["prompt"]) + [1] * len(r["completion"]))
+                         for r in rows], pad_id, "cpu")
+    old_logp = torch.zeros(on.shape)
+    old_logp[on] = torch.cat([r["logp"] for r in rows])  # row by row, each row's completion in order
+    return {"input_ids": ids.to(device), "response_mask": on.float().to(device), "old_logp": old_logp.to(device),
+            "rewards": torch.tensor([r["reward"] for r in rows], device=device), "proposals": len(proposals)}
+
+
+def prepare_update(cfg, m: Models, batch, value_head, device, dtype) -> dict:
+    """4. The batch's advantages, and everything else the update needs (ppo.prepare: the policy's old
+    log-probs, the reference's, gae's values), in one no-grad pass before the update."""
+    with resident([m.reference] if cfg.kl_coef > 0 else [], device):
+        return ppo.prepare(m.policy, batch, cfg, ref_model=m.reference, value_head=value_head, compute_dtype=dtype)
+
+
+def update_policy(cfg, m: Models, optimizer, batch, value_head, dtype) -> dict:
+    """5. PPO on the prepared batch (ppo.update); the sampler's bf16 copy (if any) follows."""
+    m.policy.train()
+    stats = ppo.update(m.policy, optimizer, batch, cfg, value_head=value_head, compute_dtype=dtype)
+    m.policy.eval()
+    if m.sampler is not m.policy:
+        with torch.no_grad():
+            for d, s in zip(m.sampler.parameters(), m.policy.parameters()):
+                d.copy_(s)
+    return stats
 
 
 def step_metrics(step, groups, stats, cfg, source) -> dict:
@@ -488,16 +482,24 @@ def example_line(step, row, tok) -> dict:
 
 
 class Timer:
-    """Seconds spent per phase of a step: `with timer("generate"): ...`; .times() -> {"time_generate": s}."""
+    """Seconds spent per phase of a step: `with timer("generate"): ...`; .times() -> {"time_generate": s}.
 
-    def __init__(self):
+    hook (train_rl's) is called hook(phase, "start" | "end", models, data) around each phase; data is
+    what the phase works on where the caller gives it (the rollout prompts, token-id lists)."""
+
+    def __init__(self, hook=None, models=None):
         self.t0, self.spent = time.time(), {k: 0.0 for k in ("generate", "judge", "verify", "update")}
+        self.hook, self.models = hook, models
 
     @contextmanager
-    def __call__(self, name):
+    def __call__(self, name, data=None):
+        if self.hook:
+            self.hook(name, "start", self.models, data)
         t = time.time()
         yield
         self.spent[name] += time.time() - t
+        if self.hook:
+            self.hook(name, "end", self.models, data)
 
     def times(self) -> dict:
         return {**{f"time_{k}": v for k, v in self.spent.items()}, "time_step": time.time() - self.t0}
@@ -511,7 +513,8 @@ def fmt(x):
 # Command line
 
 
-def main(argv=None):
+def main(argv=None, hook=None):
+    """The command line: flags (argv, default sys.argv) -> train_rl(config, hook)."""
     other_rank = int(os.environ.get("RANK", "0")) > 0  # under torchrun rank 0 alone reports bad flags
     try:
         with open(os.devnull, "w") as devnull, redirect_stderr(devnull) if other_rank else nullcontext():
@@ -522,8 +525,8 @@ def main(argv=None):
             time.sleep(3)
         raise
     try:
-        return train_rl(cfg)
-    except (CheckpointError, UsageError) as e:
+        return train_rl(cfg, hook)
+    except (CheckpointError, UsageError, TrackerError) as e:
         if not is_main():  # one line, from rank 0 (as above)
             time.sleep(3)
             sys.exit(1)

@@ -1,9 +1,14 @@
 """Build an embedded tiny model from nothing: data -> tokenizer -> SFT -> self-sample SFT.
 
-    python experiments/build_tiny.py                       # writes assets/tiny-countdown
+    python experiments/build_tiny.py                       # writes runs/tiny-countdown
     python experiments/build_tiny.py --quick --out /tmp/t  # a minute-sized run of the same pipeline
-    python experiments/build_tiny.py --task integration    # writes assets/tiny-integration
-    python experiments/build_tiny.py --task integration --measure-only   # measure the folder again
+    python experiments/build_tiny.py --task integration    # writes runs/tiny-integration
+    python experiments/build_tiny.py --task integration --measure-only --out DIR   # measure DIR again
+    python experiments/build_tiny.py --replace-assets      # writes assets/tiny-countdown, the shipped model
+
+A build never touches the shipped model (assets/tiny-<task>, what every run without --model uses)
+unless --replace-assets says so. To ship a build, copy its folder over the shipped one and commit it:
+    rm -r assets/tiny-countdown && cp -r runs/tiny-countdown assets/tiny-countdown
 
 The steps below are Countdown's; integration (--task integration) runs the same pipeline on its own
 data: small antiderivatives (TASK_SETTINGS), a solver that integrates term by term ("int g = G"
@@ -38,18 +43,21 @@ import shutil
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import quiet_threads  # noqa: E402,F401  (before torch: idle OpenMP threads sleep)
 import torch  # noqa: E402
 
+import sample  # noqa: E402
 import tasks  # noqa: E402
 from checkpoint import read_meta  # noqa: E402
 from config import SFTConfig, make_config  # noqa: E402
-from eval import evaluate, sample_texts, verify_all  # noqa: E402
+from eval import evaluate  # noqa: E402
 from judge import Judge  # noqa: E402
-from model import Qwen, QwenConfig, Tokenizer, chatml  # noqa: E402
+from model import Qwen, QwenConfig  # noqa: E402
 from sft import train_sft  # noqa: E402
+from tokenizer import Tokenizer, chatml  # noqa: E402
 
 STYLE = "compact"
 # small numbers keep the arithmetic within reach of a few-million-parameter model trained in minutes
@@ -113,11 +121,11 @@ def own_sample_examples(task, model, tok, problems, rng, samples, seed, solution
     """Judge examples on the model's own answers (balanced right/wrong), plus fresh solutions."""
     prompts = [tok.encode_chat(task.prompt(p, style=STYLE)) for p in problems]
     right, wrong = [], []
-    texts, _ = sample_texts(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed,
-                            batch_size=256, n=samples)
-    rows = [(problems[i // samples], task.extract_answer(text)) for i, text in enumerate(texts)]
+    done = sample.completions(model, tok, prompts, n=samples, max_new_tokens=max_new_tokens, temperature=1.0, seed=seed,
+                              batch_size=256)
+    rows = [(problems[i // samples], task.extract_answer(c.text)) for i, c in enumerate(done)]
     rows = [(p, answer) for p, answer in rows if answer is not None and answer.strip()]
-    for (p, answer), correct in zip(rows, verify_all(task, [p for p, _ in rows], [a for _, a in rows])):
+    for (p, answer), correct in zip(rows, tasks.verify_all(task, [p for p, _ in rows], [a for _, a in rows])):
         (right if correct else wrong).append((p, answer))  # one batch: integration verifies in worker processes
     rng.shuffle(right)
     rng.shuffle(wrong)
@@ -144,9 +152,16 @@ def write_jsonl(path, rows):
 
 
 def main():
-    ap = argparse.ArgumentParser(description="Build an embedded tiny model (see the module docstring).")
+    ap = argparse.ArgumentParser(
+        description="Build an embedded tiny model (see the module docstring).",
+        epilog="The shipped model, assets/tiny-<task>, is written only with --replace-assets. To ship a build "
+               "from another folder: rm -r assets/tiny-<task> && cp -r runs/tiny-<task> assets/tiny-<task>, "
+               "then commit it.")
     ap.add_argument("--task", default="countdown", choices=sorted(TASK_SETTINGS), help="the task the model is for")
-    ap.add_argument("--out", default="", help="model folder to write (default: assets/tiny-<task>)")
+    ap.add_argument("--out", default="", help="model folder to write (default: runs/tiny-<task>)")
+    ap.add_argument("--replace-assets", action="store_true",
+                    help="write into assets/tiny-<task>, replacing the shipped model (with --measure-only: "
+                         "rewrite its nano_rlsr.json)")
     ap.add_argument("--work", default="", help="scratch folder (default: OUT.work, removed at the end)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--problems", type=int, default=16000, help="stage-1 training problems")
@@ -166,12 +181,14 @@ def main():
     ap.add_argument("--done-rounds", type=int, default=1, help="with --continue-from: rounds DIR already had")
     ap.add_argument("--quick", action="store_true", help="a minute-sized budget (tests, smoke runs)")
     ap.add_argument("--measure-only", action="store_true",
-                    help="build nothing: measure the model folder --out again (held-out set, judge, proposals) "
-                         "with this script's difficulty and settings, and rewrite its nano_rlsr.json")
+                    help="build nothing: measure the model folder --out (default runs/tiny-<task>; the shipped "
+                         "one with --replace-assets) again (held-out set, judge, proposals) with this script's "
+                         "difficulty and settings, and rewrite its nano_rlsr.json")
     args = ap.parse_args()
     settings = TASK_SETTINGS[args.task]
-    args.out = args.out or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
-                                        settings["folder"])
+    if args.replace_assets and args.out:
+        ap.error("--replace-assets writes assets/tiny-<task>: leave out --out")
+    args.out, args.shipped = output_folder(args.task, args.out, args.replace_assets), shipped_folder(args.task)
     args.difficulty, args.train_defaults = settings["difficulty"], settings["train_defaults"]
     args.sft_difficulty = settings.get("sft_difficulty", args.difficulty)
     args.epochs = args.epochs or settings.get("epochs", 4)
@@ -184,6 +201,7 @@ def main():
     if args.measure_only:
         meta = built_meta(ap, "--measure-only", args.out, args.task)
         measure_and_record(args, tasks.get(args.task), Tokenizer.from_pretrained(args.out), meta)
+        print(where_written(args, "measured"))
         return
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -282,7 +300,34 @@ def build_rounds(args, task, problems, rng, work, t0, prev, tok, meta):
     measure_and_record(args, task, tok, meta)
     if not args.work:
         shutil.rmtree(work)
-    print(f"[{time.time() - t0:.0f}s] wrote {args.out}")
+    print(f"[{time.time() - t0:.0f}s] " + where_written(args, "wrote"))
+
+
+def shipped_folder(task):
+    """assets/tiny-<task>: the model every run without --model uses."""
+    return os.path.join(ROOT, "assets", TASK_SETTINGS[task]["folder"])
+
+
+def output_folder(task, out="", replace_assets=False):
+    """The folder a build writes: --out, else the shipped folder with --replace-assets, else runs/tiny-<task>."""
+    if out:
+        return out
+    return shipped_folder(task) if replace_assets else os.path.join(ROOT, "runs", TASK_SETTINGS[task]["folder"])
+
+
+def _shown(path):
+    """A path as the user would type it: relative to here when it is below here."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def where_written(args, verb):
+    """The last line of a build: where the model folder is, and how to ship it."""
+    out, shipped = _shown(args.out), _shown(args.shipped)
+    if os.path.abspath(args.out) == os.path.abspath(args.shipped):
+        return f"{verb} {out}: this is the shipped model (commit it to ship it)"
+    return (f"{verb} {out} (the shipped model {shipped} is unchanged); to ship it: "
+            f"rm -r {shipped} && cp -r {out} {shipped}, then commit")
 
 
 def measure_and_record(args, task, tok, meta):
@@ -316,7 +361,8 @@ def measure_proposals(task, model, tok, examples, judge, n=200, seed=0):
     problems are solvable (the verifier measures; it admits nothing)."""
     rng = random.Random(seed)
     prompts = [tok.encode_chat(task.propose_prompt(rng.sample(examples, 3), style=STYLE)) for _ in range(n)]
-    texts, _ = sample_texts(model, tok, prompts, max_new_tokens=96, temperature=1.0, seed=seed, batch_size=256)
+    texts = [c.text for c in sample.completions(model, tok, prompts, max_new_tokens=96, temperature=1.0, seed=seed,
+                                                batch_size=256)]
     parsed = [p for p in map(task.parse_proposal, texts) if p]
     verdicts, _ = judge.score([p for p, _ in parsed], [w for _, w in parsed], seed=seed) if parsed else ([], [])
     admitted = [p for (p, _), v in zip(parsed, verdicts) if v > 0.5]
@@ -330,7 +376,8 @@ def measure_plain_proposals(task, model, tok, examples, n=200, seed=0):
     rng = random.Random(seed)
     shown = [rng.sample(examples, 3) for _ in range(n)]
     prompts = [tok.encode_chat(task.propose_prompt(s, style=STYLE)) for s in shown]
-    texts, _ = sample_texts(model, tok, prompts, max_new_tokens=96, temperature=1.0, seed=seed, batch_size=256)
+    texts = [c.text for c in sample.completions(model, tok, prompts, max_new_tokens=96, temperature=1.0, seed=seed,
+                                                batch_size=256)]
     parsed = [(task.parse_problem(t), s) for t, s in zip(texts, shown)]
     valid = [(p, s) for p, s in parsed if p is not None]
     new = [p for p, s in valid if all(p != {k: e.get(k) for k in p} for e in s)]

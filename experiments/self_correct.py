@@ -1,6 +1,7 @@
 """Self-rewarding correction on the tiny model: srdata -> SFT (stage 1) -> RL (stage 2) -> eval.
 
     python experiments/self_correct.py                     # writes runs/self-correct, prints the table
+    python experiments/self_correct.py --seeds 0 1 2       # each seed in runs/self-correct/s<seed>; mean ± sd
     python experiments/self_correct.py --quick             # a smoke run of the same pipeline
 
 1. Stage 1 data (build_srdata, below): the tiny model answers training problems several times;
@@ -16,6 +17,7 @@ Everything is seeded; the same command gives the same table on the same machine 
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -27,14 +29,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import quiet_threads  # noqa: E402,F401  (before torch: idle OpenMP threads sleep)
 import torch  # noqa: E402
 
+import sample  # noqa: E402
 import tasks  # noqa: E402
 from checkpoint import check_lengths, load_checkpoint  # noqa: E402
 from config import DEFAULT_MODEL, SFTConfig, TrainConfig, make_config  # noqa: E402
 from distributed import pick_device  # noqa: E402
-from eval import SELF_CORRECT_ROWS, evaluate_self_correct, sample_texts, verify_all  # noqa: E402
+from eval import SELF_CORRECT_ROWS, evaluate_self_correct  # noqa: E402
 from judge import Judge, passed  # noqa: E402
 from sft import train_sft  # noqa: E402
 from train import derive_seed, train_rl  # noqa: E402
+from experiments.rlsr import mean_std  # noqa: E402
 
 
 def measure(path, problems, args, intrinsic=False):
@@ -102,11 +106,12 @@ def build_srdata(cfg: SRDataConfig) -> str:
     problems = task.make_problems(cfg.sr_problems, seed=derive_seed(cfg.seed, 0, "srdata"), split="train",
                                   **meta.get("difficulty", {}))
     prompts = [tok.encode_chat(task.prompt(p, style=style)) for p in problems]
-    texts, _ = sample_texts(model, tok, prompts, cfg.max_new_tokens, cfg.temperature, cfg.seed, batch_size=256,
-                            n=cfg.sr_samples)
+    done = sample.completions(model, tok, prompts, n=cfg.sr_samples, max_new_tokens=cfg.max_new_tokens,
+                              temperature=cfg.temperature, seed=cfg.seed, batch_size=256)
+    texts = [c.text for c in done]
     own = [(i // cfg.sr_samples, attempt_text(t), task.extract_answer(t)) for i, t in enumerate(texts)]
     own = [o for o in own if o[2] is not None]  # an answerless sample is no attempt to verify
-    ok = verify_all(task, [problems[i] for i, _, _ in own], [a for _, _, a in own])
+    ok = tasks.verify_all(task, [problems[i] for i, _, _ in own], [a for _, _, a in own])
     right = [o for o, c in zip(own, ok) if c]
     wrong = [o for o, c in zip(own, ok) if not c]
     by_problem = {}  # the policy's own right attempts per problem: the pool of corrections
@@ -187,6 +192,8 @@ def main():
     ap.add_argument("--model", default=DEFAULT_MODEL, help="starting model folder")
     ap.add_argument("--out", default=os.path.join("runs", "self-correct"), help="output folder")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                    help="run each seed in OUT/s<SEED> (a finished one is reused) and print mean ± sd over them")
     ap.add_argument("--sr-problems", type=int, default=1000, help="stage-1 data: training problems")
     ap.add_argument("--sr-samples", type=int, default=8, help="stage-1 data: own answers per problem")
     ap.add_argument("--sr-checks", default="task", choices=["task", "own"], help="stage-1 data: checks (see build_srdata)")
@@ -202,6 +209,44 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.sr_problems, args.sr_samples, args.sft_epochs, args.rl_steps, args.eval_n = 100, 4, 1, 2, 30
+    if not args.seeds:
+        print(markdown(run_seed(args)))
+        return
+    per_seed = []
+    for seed in args.seeds:
+        one = argparse.Namespace(**{**vars(args), "seed": seed, "out": os.path.join(args.out, f"s{seed}")})
+        done = os.path.join(one.out, "results.json")
+        if not os.path.exists(done):
+            run_seed(one)
+        with open(done) as f:
+            per_seed.append(json.load(f)["results"])
+    names = list(per_seed[0])
+    summary = {name: {key: mean_std([r[name][key] for r in per_seed if r[name].get(key) is not None])
+                      for _, key, _ in SELF_CORRECT_ROWS} for name in names}
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"seeds": args.seeds, "per_seed": per_seed, "mean_sd": summary}, f, indent=2)
+    print(f"{len(args.seeds)} seeds ({' '.join(map(str, args.seeds))}), mean ± sd:")
+    print(markdown_seeds(names, summary))
+
+
+def markdown_seeds(names, summary) -> str:
+    """The table over seeds: each cell mean ± sd (sample standard deviation), "-" where it does not apply."""
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for label, key, spec in SELF_CORRECT_ROWS:
+        cells = []
+        for name in names:
+            m, sd = summary[name][key]
+            if spec == "d":  # a count, the same for every seed
+                m, sd, spec = round(m), float("nan"), "d"
+            cells.append("-" if math.isnan(m) else format(m, spec) + ("" if math.isnan(sd) else
+                                                                    f" ± {format(sd, spec.lstrip('+'))}"))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_seed(args) -> list:
+    """The whole pipeline for args.seed in args.out -> the table's columns [(name, metrics)]; also
+    OUT/results.json."""
     torch.manual_seed(args.seed)
     if os.path.exists(os.path.join(args.out, "stage2", "config.json")):
         sys.exit(f"error: {args.out} already holds a run; pass another --out or remove it")
@@ -244,8 +289,8 @@ def main():
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"args": vars(args), "srdata": stats,
                    "results": dict(columns), "seconds": round(time.time() - t0)}, f, indent=2)
-    print(markdown(columns))
     print(f"[{time.time() - t0:.0f}s] wrote {os.path.join(args.out, 'results.json')}")
+    return columns
 
 
 if __name__ == "__main__":

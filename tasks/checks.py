@@ -14,7 +14,9 @@ How `check` decides, cheapest tier first, each one True, False or undecided:
   2. pointwise at 40 digits: F' by the chain rule (calculus.compile_derivative) against f at random
      points, where tiny and huge values keep their digits. It decides what short intervals cannot:
      x**2024*(1 - x**2025)**2025 is below 1e-300 or overflows almost everywhere but is exact here;
-     a mismatch is confirmed at 80 digits before it counts;
+     a mismatch is confirmed at 80 digits before it counts. An integrand that is 0 only up to
+     rounding ((cos(x) + cos(x + 2*pi/3) + cos(x - 2*pi/3))**2) shrinks by ~40 orders at 80
+     digits: there any constant answer agrees and an answer with a nonzero derivative is wrong;
   3. the quadrature of tier 1 at 40 digits;
   4. sympy: simplify(F' - f) == 0.
 The random draws are seeded by the (integrand, answer) pair, so the same call always gives the same
@@ -32,7 +34,7 @@ import sys
 import time
 
 from tasks import definite
-from tasks.calculus import (BadPoint, compile_derivative, compile_tree, mp_lib, numpy_lib, parse,
+from tasks.calculus import (BadPoint, compile_derivative, compile_tree, has_x, mp_lib, numpy_lib, parse,
                             parse_integrand, symbol_x, to_sympy)
 
 # -----------------------------------------------------------------------------
@@ -163,48 +165,97 @@ def _numeric(f, F, lib, rng, deadline):
 
 POINTWISE_AGREE = 1e-20     # |F' - f| below this times max(|F'|, |f|) agrees (40 digits leave 20 to cancel)
 POINTWISE_MISMATCH = 1e-6   # above it, where f is real and the 80-digit recomputation agrees, is wrong
+ROUNDING = 1e-20            # a value that shrinks at least this much from 40 to 80 digits was rounding error
 
 
-def _relative_gap(fz, dF, z):
-    """(f(z), |F'(z) - f(z)| / max(|F'(z)|, |f(z)|)), or None where either is undefined or both are 0."""
+def _values(fz, dF, z):
+    """(f(z), F'(z)), or None where either is undefined or not finite."""
     try:
         fv, (_, slope) = fz(z), dF(z)
-        size = max(abs(fv), abs(slope))
-        if not size > 0 or not (cmath.isfinite(complex(fv)) and cmath.isfinite(complex(slope))):
+        if not (cmath.isfinite(complex(fv)) and cmath.isfinite(complex(slope))):
             return None
-        return fv, abs(slope - fv) / size
+        return fv, slope
     except (BadPoint, ZeroDivisionError, ValueError, OverflowError, ArithmeticError, TypeError):
         return None
 
 
+def _relative_gap(fv, slope):
+    """|F' - f| / max(|F'|, |f|), or None where both are 0."""
+    size = max(abs(fv), abs(slope))
+    return abs(slope - fv) / size if size > 0 else None
+
+
+def _rounding_only(coarse, fine):
+    """Whether a value computed at 40 digits (`coarse`) and again at 80 (`fine`) is 0: a real value
+    keeps its leading digits at both precisions, rounding error shrinks with the digits. An exact 0
+    at 40 digits says nothing: exp and powers below e**-300 are set to 0 at any precision."""
+    return coarse != 0 and abs(fine) <= ROUNDING * abs(coarse)
+
+
+def _stable(coarse, fine):
+    """Whether a value computed at 40 and at 80 digits is nonzero and the same to 20 digits."""
+    return fine != 0 and abs(fine - coarse) <= ROUNDING * abs(fine)
+
+
 def _pointwise(f, F, lib, rng, deadline):
     """True (F' = f at NEEDED points), False (a clear mismatch where f is real, confirmed at twice
-    the digits) or None. `lib` is mpmath's (40 digits); the points are x + 1e-30i, as in _numeric."""
+    the digits) or None. `lib` is mpmath's (40 digits); the points are x + 1e-30i, as in _numeric.
+
+    A point that does not agree at 40 digits is computed again at 80 where that can decide it. An
+    integrand that is 0 only up to rounding ((cos(x) + cos(x + 2*pi/3) + cos(x - 2*pi/3))**2) has no
+    relative gap to measure, but at 80 digits it shrinks by some 40 orders, which no nonzero value
+    does: there a constant F (F' = 0 exactly) agrees, and an F' that keeps its digits is a mismatch.
+    An F' that is rounding noise too stays undecided: a huge multiple of a zero sum in the answer
+    can hide a nonzero derivative below the noise of any fixed precision (sympy decides those).
+    """
     fz, dF = compile_tree(f, lib), compile_derivative(F, lib)
     fine = _LIBS["mp_fine"]
+    fine_fz = fine_dF = None
+    constant_answer = not has_x(F)
     agree = 0
     for region in ("pos", "neg", "any"):
         for _ in range(ROUNDS * PER_ROUND):
             if time.monotonic() > deadline:
                 return None
             a, b = _draw(rng, region)
-            found = _relative_gap(fz, dF, lib["point"]((a + b) / 2, 1e-30))
+            found = _values(fz, dF, lib["point"]((a + b) / 2, 1e-30))
             if found is None:
                 continue
-            fv, gap = found
+            fv, slope = found
+            gap = _relative_gap(fv, slope)
             real = abs(fv.imag) <= 1e-7 * abs(fv)
-            if region != "any" and not real:
-                continue  # stay where f is real; complex values come last
-            if gap <= POINTWISE_AGREE:
+            if gap is not None and gap <= POINTWISE_AGREE:
+                if region != "any" and not real:
+                    continue  # stay where f is real; complex values come last
                 agree += 1
                 if agree >= NEEDED:
                     return True
-            elif gap > POINTWISE_MISMATCH and region != "any":
-                with fine["context"]():  # rounding cannot explain a gap that survives twice the digits
-                    again = _relative_gap(compile_tree(f, fine), compile_derivative(F, fine),
-                                          fine["point"]((a + b) / 2, 1e-30))
-                if again is not None and again[1] > POINTWISE_MISMATCH:
-                    return False
+                continue
+            if gap is None or gap <= POINTWISE_MISMATCH:
+                continue  # both exactly 0 (see _rounding_only), or neither agreeing nor clearly apart: resample
+            # 80 digits only where they can decide: a constant answer, or f real or negligible beside
+            # F' (the rounding error of a zero f need not look real) where mismatches count
+            if not (constant_answer or (region != "any" and (real or abs(fv) <= 1e-7 * abs(slope)))):
+                continue
+            with fine["context"]():  # rounding cannot explain a gap that survives twice the digits
+                if fine_fz is None:
+                    fine_fz, fine_dF = compile_tree(f, fine), compile_derivative(F, fine)
+                again = _values(fine_fz, fine_dF, fine["point"]((a + b) / 2, 1e-30))
+            if again is None:
+                continue
+            fv_fine, slope_fine = again
+            if _rounding_only(fv, fv_fine):  # f is 0 here (and so real)
+                if constant_answer:
+                    agree += 1
+                    if agree >= NEEDED:
+                        return True
+                elif region != "any" and _stable(slope, slope_fine):
+                    return False  # a nonzero slope where f is 0
+                continue
+            gap_fine = _relative_gap(fv_fine, slope_fine)
+            if (region != "any" and real and gap_fine is not None and gap_fine > POINTWISE_MISMATCH
+                    and not _rounding_only(slope - fv, slope_fine - fv_fine)):  # a gap that shrinks is rounding
+                return False
     return None
 
 

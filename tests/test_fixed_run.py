@@ -2,10 +2,10 @@
 
     OMP_NUM_THREADS=1 python train.py --steps 4 --eval-interval 2 --eval-n 50 --seed 11
 
-tests/data/fixed_run_seed11.jsonl is that run's metrics.jsonl without its timings. A redesign keeps
-behaviour: the same command must give the same rewards, judge counts, held-out accuracies and losses.
-(Recorded first on the issue-7 model before the issue-13 redesign, whose code reproduced it; then
-recorded again when issue 14 shipped a rebuilt model. A new model means a new recording.)
+tests/data/fixed_run_seed11.jsonl is that run's metrics.jsonl without its timings (the time_* fields).
+A change to the code keeps behaviour: the same command must give the same rewards, judge counts,
+held-out accuracies and losses. It is recorded on the shipped model, assets/tiny-countdown; a new
+shipped model means a new recording.
 """
 
 import json

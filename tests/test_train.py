@@ -21,7 +21,8 @@ import sft
 import tasks
 import train
 from config import TrainConfig, config_from_flags, make_config
-from model import Qwen, Tokenizer
+from model import Qwen
+from tokenizer import Tokenizer
 from conftest import scripted_generate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,9 +85,7 @@ def weights(path):
                                               ("verifier", "self")])
 def test_two_steps_of_the_loop(tiny_ckpt, scripted, tmp_path, reward, problems):
     out = tmp_path / "run"
-    t0 = time.time()
     lines = run("--model", tiny_ckpt, "--out", out, "--reward", reward, "--problems", problems, *TINY)
-    elapsed = time.time() - t0
     assert [line["step"] for line in lines] == [0, 1, 2]
     assert "heldout_acc" in lines[0] and "heldout_acc" in lines[2] and "heldout_acc" not in lines[1]
     for line in lines[1:]:
@@ -112,12 +111,13 @@ def test_two_steps_of_the_loop(tiny_ckpt, scripted, tmp_path, reward, problems):
         assert s["correct"] == (s["answer"] is not None and countdown.verify(s["problem"], s["answer"]))
     if problems == "self":
         assert {countdown.problem_text(s["problem"]) for s in samples} <= {NEW_A, NEW_B}
-    # the checkpoint: a model folder that loads, with its tokenizer; the weights moved
+    # the checkpoint: a model folder that loads, with the starting tokenizer; the weights moved
     ckpt = out / "ckpt"
-    assert Tokenizer.from_pretrained(str(ckpt)).vocab_size > 0
+    prompt = countdown.prompt(samples[0]["problem"])
+    saved, start = Tokenizer.from_pretrained(str(ckpt)), Tokenizer.from_pretrained(tiny_ckpt)
+    assert saved.encode_chat(prompt) == start.encode_chat(prompt) and saved.stop_ids == start.stop_ids
     after, before = weights(str(ckpt)), weights(tiny_ckpt)
     assert any(not torch.equal(after[k], before[k]) for k in before)
-    assert elapsed < 30
 
 
 def test_bf16_compute_keeps_fp32_master_weights(tiny_ckpt, scripted, tmp_path):
@@ -127,7 +127,7 @@ def test_bf16_compute_keeps_fp32_master_weights(tiny_ckpt, scripted, tmp_path):
     lines = run("--model", tiny_ckpt, "--out", out, *TINY, "--dtype", "bf16", "--lr", "1e-6", "--eval-interval", "1")
     assert lines[-1]["reward_mean"] == 0.5 and lines[-1]["heldout_acc"] is not None
     assert json.loads((out / "ckpt" / "config.json").read_text())["torch_dtype"] == "float32"
-    state = torch.load(out / "ckpt" / "trainer_state.pt", weights_only=False)["optimizer"]["state"]
+    state = checkpoint.saved_optimizer_state(str(out / "ckpt"))["state"]
     assert all(s["exp_avg"].dtype == torch.float32 for s in state.values())
     after, before = weights(str(out / "ckpt")), weights(tiny_ckpt)
     delta = max(float((after[k] - before[k]).abs().max()) for k in before)
@@ -164,7 +164,8 @@ def test_crash_between_the_renames_of_a_save_keeps_a_checkpoint(tiny_ckpt, scrip
     real_rename, calls = os.rename, []
 
     def rename(src, dst):  # the save after step 2: ckpt -> ckpt.old done, then the process dies
-        calls.append(dst)
+        if os.path.basename(dst) in ("ckpt", "ckpt.old"):  # DCP renames its own files too
+            calls.append(dst)
         if len(calls) == 3:
             raise SystemError("killed")
         real_rename(src, dst)
@@ -293,7 +294,7 @@ def help_of_each_flag(text) -> dict:
     """--help text -> {flag: its help text} (argparse wraps long lines)."""
     out, flag = {}, None
     for line in text.splitlines():
-        m = re.match(r"\s+(--[\w-]+)(?:, --no-[\w-]+)?(?: \S+)?(?:\s{2,}(.*))?$", line)
+        m = re.match(r"\s+(--[\w-]+)(?:, --no-[\w-]+)?(?: \S+(?: \[\S+ \.\.\.\])?)?(?:\s{2,}(.*))?$", line)
         if m and not line.strip().startswith("--no-"):
             flag, out[m.group(1)] = m.group(1), m.group(2) or ""
         elif flag and line.startswith(" " * 10):
@@ -314,6 +315,8 @@ def test_help_states_the_value_each_flag_takes_in_the_default_run(capsys, tmp_pa
         if f.name in ("out", "resume", "model"):
             continue
         value = getattr(default_run, f.name)
+        if isinstance(value, list):  # a flag taking several values
+            value = " ".join(value) or "none"
         assert f"default: {value}" in text, (f.name, value, text)
     kl = " ".join(helps["--kl-coef"].split())  # a model-folder default names both values
     assert "default: 0.1 from the model folder, else 0.001" in kl
@@ -451,3 +454,60 @@ def test_integration_runs_the_loop(tiny_ckpt, tmp_path, monkeypatch, reward):
     for s in samples:
         assert s["correct"] == (s["answer"] is not None and integration.verify(s["problem"], s["answer"]))
     assert checkpoint.read_meta(str(out / "ckpt"))["task"] == "integration"
+
+
+def test_report_to_tensorboard_and_wandb_get_the_metrics_lines(tiny_ckpt, scripted, tmp_path, monkeypatch):
+    """--report-to: each metrics.jsonl line reaches the trackers at its step, read back from their files."""
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    pytest.importorskip("wandb", reason="the wandb extra is not installed")
+    from test_trackers import tensorboard_scalars, wandb_records, item_key
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "r"
+    lines = run("--model", tiny_ckpt, "--out", out, *TINY, "--report-to", "tensorboard", "wandb")
+    assert json.loads((out / "config.json").read_text())["report_to"] == ["tensorboard", "wandb"]
+    found = tensorboard_scalars(out / "tb")
+    assert found["reward_mean"] == [(line["step"], line["reward_mean"]) for line in lines if "reward_mean" in line]
+    assert found["heldout_acc"] == [(line["step"], line["heldout_acc"]) for line in lines if "heldout_acc" in line]
+    history = [{item_key(i): json.loads(i.value_json) for i in r.history.item}
+               for r in wandb_records(out) if r.WhichOneof("record_type") == "history"]
+    assert [h["_step"] for h in history] == [line["step"] for line in lines]
+    assert [h.get("kl") for h in history] == [line.get("kl") for line in lines]
+
+
+def test_report_to_is_checked_before_the_models_load(tiny_ckpt, tmp_path, capsys):
+    assert "--report-to mlflow: unknown tracker" in fails(capsys, "--model", tiny_ckpt, "--out", tmp_path / "x",
+                                                          "--report-to", "mlflow")
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_closing_lines_say_how_to_draw_the_run(tiny_ckpt, scripted, tmp_path, capsys):
+    out = tmp_path / "r"
+    run("--model", tiny_ckpt, "--out", out, *TINY)
+    assert f"python plot.py {out}" in capsys.readouterr().out
+
+
+def test_cuda_without_a_micro_batch_size_takes_the_memory_plans(tiny_ckpt, monkeypatch, capsys):
+    """On CUDA (faked: only its free-memory call is used) --micro-batch-size 0 becomes the largest micro-batch
+    the plan fits; a given size, or the CPU, keeps the config as it is."""
+    import memory
+    policy, tok, _ = checkpoint.load_checkpoint(tiny_ckpt, torch.device("cpu"), torch.float32)
+    models = train.Models(policy, policy, None, None, tok, {})
+    cfg = make_config(TrainConfig, model=tiny_ckpt, out="unused", prompts_per_step=8, group_size=8)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    for budget in (2**40, 500 * 2**20):  # room for the whole minibatch; then only for part of it
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, b=budget: (b, 2 * b))
+        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+        sized = train.sized_to_memory(cfg, models, countdown, cuda, torch.bfloat16, 1)
+        probe = countdown.make_problems(64, seed=cfg.seed, split="train", **cfg.difficulty)
+        prompt_len = max(len(tok.encode_chat(countdown.prompt(p, style=cfg.prompt_style))) for p in probe)
+        expected = memory.fit_micro_batch(policy.config, 64, prompt_len, cfg.max_new_tokens, budget,
+                                          rollouts=64, dtype=torch.bfloat16, ref="shard")
+        assert sized.micro_batch_size == expected[0] and (sized.micro_batch_size == 64) == (budget == 2**40)
+        assert f"micro-batch: {expected[0]} rollouts per forward/backward" in capsys.readouterr().out
+    assert train.sized_to_memory(cfg, models, countdown, cpu, torch.float32, 1) is cfg
+    given = make_config(TrainConfig, model=tiny_ckpt, out="unused", micro_batch_size=4)
+    assert train.sized_to_memory(given, models, countdown, cuda, torch.bfloat16, 1) is given
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**16, 2**16))
+    with pytest.raises(memory.MemoryPlanError, match="does not fit the GPU"):
+        train.sized_to_memory(cfg, models, countdown, cuda, torch.bfloat16, 1)
