@@ -203,6 +203,20 @@ def fused_uniform(keys, columns, step):
 
 
 @torch.no_grad()
+def check_generate_args(model, prompts, n, max_new_tokens, seed):
+    """ValueError, naming what is wrong, for arguments generate() cannot sample from."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token")
+    if n < 1 or max_new_tokens < 1:
+        raise ValueError("generate: n and max_new_tokens must be >= 1")
+    P, max_len = max(len(p) for p in prompts), model.config.max_position_embeddings
+    if P + max_new_tokens > max_len:
+        raise ValueError(f"generate: longest prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+                         f"the model's max_position_embeddings ({max_len})")
+    if isinstance(seed, (list, tuple)) and len(seed) != len(prompts):
+        raise ValueError(f"generate: {len(seed)} seeds for {len(prompts)} prompts (one per prompt, or one int)")
+
+
 def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, stop_ids=(), pad_id: int = 0, seed: int | list[int] | None = None,
              compile: bool = False, on_step=None) -> Rollout:
@@ -215,17 +229,8 @@ def generate(model, prompts, n: int = 1, max_new_tokens: int = 256, temperature:
     device; the first call of each shape bucket compiles, later ones reuse it). on_step(tokens [B*n]):
     called after each step (forces a host sync per token; the CLI uses it to stream).
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate: every prompt needs at least one token")
-    if n < 1 or max_new_tokens < 1:
-        raise ValueError("generate: n and max_new_tokens must be >= 1")
-    P = max(len(p) for p in prompts)
-    max_len = model.config.max_position_embeddings
-    if P + max_new_tokens > max_len:
-        raise ValueError(f"generate: longest prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
-                         f"the model's max_position_embeddings ({max_len})")
-    if isinstance(seed, (list, tuple)) and len(seed) != len(prompts):
-        raise ValueError(f"generate: {len(seed)} seeds for {len(prompts)} prompts (one per prompt, or one int)")
+    check_generate_args(model, prompts, n, max_new_tokens, seed)
+    P, max_len = max(len(p) for p in prompts), model.config.max_position_embeddings
     device = model.output_weight.device
     B, R = len(prompts), len(prompts) * n
     noise = None if temperature == 0 else Noise(seed, n, model.output_weight.shape[0], max_new_tokens, device,
