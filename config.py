@@ -109,8 +109,9 @@ class TrainConfig:
     weight_decay: float = setting(0.0, "AdamW weight decay")
     ppo_epochs: int = setting(1, "PPO passes over each batch of rollouts")
     minibatch_size: int = setting(0, "rollouts per optimizer step, global (0: the whole batch)")
-    micro_batch_size: int = setting(0, "rollouts per forward/backward, per rank, gradients accumulated "
-                                       "(0: the rank's share of the minibatch)")
+    micro_batch_size: int = setting(0, "rollouts per forward/backward, per rank, gradients accumulated (0: on "
+                                       "CUDA the most the memory plan fits in free memory, else the rank's "
+                                       "share of the minibatch)")
     clip_eps: float = setting(0.2, "PPO ratio clip range [1 - eps, 1 + eps]")
     dual_clip: float = setting(0.0, "dual-clip constant c > 1 bounding negative-advantage losses (0: off)")
     kl_coef: float = setting(0.001, "k3 KL penalty to the initial model (0: no reference copy)")
