@@ -119,9 +119,10 @@ class Proposer:
         return reuse(self.earlier, self.cfg.band, k, rng)
 
     def renew(self, groups) -> list:
-        """The scored groups of problems from_buffer gave: their pass rates renewed in the buffer."""
-        for g in groups:
-            self.buffer.add(g[0]["problem"], pass_rate(g))
+        """This rank's scored groups of the problems from_buffer gave (maybe none): every rank's pass rates
+        renewed in the buffer, in rank order, so that all ranks keep the same buffer. Every rank calls it."""
+        for problem, rate in all_items([(g[0]["problem"], pass_rate(g)) for g in groups]):
+            self.buffer.add(problem, rate)
         self.n_reused = len(groups)
         return groups
 

@@ -329,11 +329,10 @@ def fill(cfg, m, task, step, quota, groups, proposer, timer) -> list[list[dict]]
     """Stages 1-3 again for a step short of learnable proposals: problems admitted at earlier steps
     (the buffer), then, while it is empty, the task's -> this rank's quota groups."""
     rank, _ = rank_and_world()
-    again = proposer.from_buffer(quota - len(groups), random.Random(derive_seed(cfg.seed, step, f"reuse/{rank}")))
-    if again:
-        what = f"reuse/{rank}"
-        rows = rollout(cfg, m.sampler, m.tok, task, again, list(range(len(again))), step, what, timer)
-        groups = groups + proposer.renew(score(cfg, task, m.judge, rows, step, what, timer))
+    what = f"reuse/{rank}"
+    again = proposer.from_buffer(quota - len(groups), random.Random(derive_seed(cfg.seed, step, what)))
+    rows = rollout(cfg, m.sampler, m.tok, task, again, list(range(len(again))), step, what, timer)
+    groups = groups + proposer.renew(score(cfg, task, m.judge, rows, step, what, timer) if rows else [])
     if len(groups) < quota:  # nothing of its own yet: this rank's first task problems
         index = list(range(rank * quota, rank * quota + quota - len(groups)))
         rows = rollout(cfg, m.sampler, m.tok, task, task_problems(cfg, task, step), index, step, "task", timer)

@@ -13,6 +13,7 @@ import propose
 import sample
 import tasks
 import train
+from config import TrainConfig, make_config
 from conftest import scripted_generate
 from tokenizer import Tokenizer
 
@@ -120,6 +121,22 @@ def test_buffer_dedup_reuse_and_examples():
     assert propose.reuse(buf, (0.25, 0.75), 5, random.Random(0)) and all(
         q in buf.learnable((0.25, 0.75)) for q in propose.reuse(buf, (0.25, 0.75), 5, random.Random(0)))
     assert propose.ProblemBuffer(buf.state()).state() == buf.state()  # what a checkpoint saves and restores
+
+
+def test_reused_problems_renew_every_ranks_buffer_alike(monkeypatch):
+    """Under torchrun each rank reuses its own buffer problems; renew() adds every rank's pass rates, in
+    rank order, so the buffers (and what a checkpoint saves of rank 0's) stay the same on all ranks."""
+    cfg = make_config(TrainConfig, out="unused", problems="self")
+    mine, theirs = {"numbers": [1, 2, 3], "target": 6}, {"numbers": [2, 3, 4], "target": 24}
+    group = lambda problem, rewards: [{"problem": problem, "reward": r} for r in rewards]  # noqa: E731
+    rank1 = [(theirs, 0.5)]  # what rank 1 renews this step
+    monkeypatch.setattr(propose, "all_items", lambda items: items + rank1)  # as rank 0 of 2 ranks
+    proposer = propose.Proposer(cfg, tasks.get("countdown"), propose.ProblemBuffer())
+    assert proposer.renew([group(mine, [1.0, 0.0, 0.0, 0.0])]) == [group(mine, [1.0, 0.0, 0.0, 0.0])]
+    assert [(q["problem"], q["pass_rate"]) for q in proposer.buffer.items] == [(mine, 0.25), (theirs, 0.5)]
+    assert proposer.n_reused == 1  # this rank's count: the step's metrics sum it over the ranks
+    proposer.renew([])  # a rank with nothing to reuse still joins the gather
+    assert len(proposer.buffer.items) == 2 and proposer.buffer.items[-1]["problem"] == theirs
 
 
 def test_proposer_rewards_and_rows(compact_ckpt, tmp_path, monkeypatch):
