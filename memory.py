@@ -175,8 +175,8 @@ def fit_micro_batch(cfg: QwenConfig, rows: int, prompt_len: int, new_tokens: int
         states = sum(parts[k] for k in ("master", "grads", "adam", "reference"))
         raise MemoryPlanError(
             f"the run does not fit the GPU: at 1 row per micro-batch the memory plan's {phase} peak is "
-            f"{parts['peak'] / GiB:.1f} GiB per GPU ({states / GiB:.1f} GiB of fp32 weights, gradients, AdamW "
-            f"and reference alone), over {margin:.0%} of the {budget / GiB:.1f} GiB this process can use; "
+            f"{parts['peak'] / GiB:.1f} GiB per GPU ({states / GiB:.1f} GiB of fp32 weights, gradients"
+            f"{', AdamW and reference' if parts['reference'] else ' and AdamW'} alone), over {margin:.0%} of the {budget / GiB:.1f} GiB this process can use; "
             f"more GPUs (torchrun) shard the states, --ref-placement cpu, --grad-ckpt layer and fewer "
             f"--max-new-tokens cut the rest")
     lo, hi = 1, rows  # peak() grows with the micro-batch: the largest that fits by bisection
