@@ -196,7 +196,15 @@ def sized_to_memory(cfg, m: Models, task, device, dtype, world) -> TrainConfig:
         return cfg
     probe = task.make_problems(64, seed=cfg.seed, split="train", **cfg.difficulty)  # the longest prompt, roughly
     prompt_len = max(len(m.tok.encode_chat(solver_prompt(cfg, task, p))) for p in probe)
-    micro, peak = memory.run_micro_batch(cfg, m.policy.config, world, prompt_len, device, dtype)
+    try:
+        choice = memory.run_micro_batch(cfg, m.policy.config, world, prompt_len, device, dtype)
+    except memory.MemoryPlanError as e:
+        choice = (0, str(e))
+    choices = all_ranks(choice)  # every rank the same micro-batch (FSDP2's collectives pair up), the smallest
+    refused = [why for micro, why in choices if micro == 0]
+    if refused:
+        raise memory.MemoryPlanError(refused[0])
+    micro, peak = min(choices)
     if is_main():
         print(f"micro-batch: {micro} rollouts per forward/backward (the memory plan's peak {peak / 2**30:.1f} GiB "
               f"per GPU, prompts up to {prompt_len} tokens); --micro-batch-size N sets it")

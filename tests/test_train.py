@@ -505,6 +505,13 @@ def test_cuda_without_a_micro_batch_size_takes_the_memory_plans(tiny_ckpt, monke
                                           rollouts=64, dtype=torch.bfloat16, ref="shard")
         assert sized.micro_batch_size == expected[0] and (sized.micro_batch_size == 64) == (budget == 2**40)
         assert f"micro-batch: {expected[0]} rollouts per forward/backward" in capsys.readouterr().out
+    monkeypatch.setattr(train, "all_ranks", lambda choice: [choice, (5, 12345)])  # another rank has less room
+    assert train.sized_to_memory(cfg, models, countdown, cuda, torch.bfloat16, 2).micro_batch_size == 5
+    assert "micro-batch: 5 rollouts per forward/backward (the memory plan's peak 0.0 GiB" in capsys.readouterr().out
+    monkeypatch.setattr(train, "all_ranks", lambda choice: [choice, (0, "the run does not fit the GPU: on rank 1")])
+    with pytest.raises(memory.MemoryPlanError, match="on rank 1"):  # every rank stops, not only the one short
+        train.sized_to_memory(cfg, models, countdown, cuda, torch.bfloat16, 2)
+    monkeypatch.setattr(train, "all_ranks", lambda choice: [choice])
     assert train.sized_to_memory(cfg, models, countdown, cpu, torch.float32, 1) is cfg
     given = make_config(TrainConfig, model=tiny_ckpt, out="unused", micro_batch_size=4)
     assert train.sized_to_memory(given, models, countdown, cuda, torch.bfloat16, 1) is given
