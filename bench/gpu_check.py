@@ -1,6 +1,6 @@
 """The CUDA paths checked in one command: one JSON line per check on stdout.
 
-    python bench/gpu_check.py                          # every check, under 10 minutes on one H100/H200
+    python bench/gpu_check.py                          # every check, sized for under 10 minutes on one H100/H200
     python bench/gpu_check.py --only logprob,generate  # the checks whose names start with these
     python bench/gpu_check.py --list                   # the check names
 
