@@ -86,7 +86,7 @@ def train_rl(cfg: TrainConfig, hook=None) -> str:
     log = RunLog(cfg, start)
     heldout = task.make_problems(cfg.eval_n, seed=cfg.seed, split="test", **cfg.difficulty) if cfg.eval_interval else []
     if start == 0 and cfg.eval_interval:
-        log.eval({"step": 0, **heldout_eval(cfg, m, task, heldout, device)}, print)
+        log.heldout({"step": 0, **heldout_eval(cfg, m, task, heldout, device)}, print)
 
     bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps, disable=not cfg.progress or rank > 0,
                dynamic_ncols=True, desc=f"rlsr {cfg.task}")
@@ -258,7 +258,7 @@ class RunLog:
             truncate_jsonl(file, start)
         self.trackers = open_trackers(cfg.report_to if self.main else [], cfg.out, asdict(cfg), start=start)
 
-    def eval(self, line, write):
+    def heldout(self, line, write):
         if self.main:
             self._metrics(line)
             write(f"step {line['step']}: {eval_note(line)} ({self.cfg.eval_n} problems)")
