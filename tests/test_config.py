@@ -88,7 +88,8 @@ def help_of_each_flag(text) -> dict:
     """--help text -> {flag: its help text, on one line} (argparse wraps long lines)."""
     out, flag = {}, None
     for line in text.splitlines():
-        m = re.match(r"\s+(--[\w-]+)(?:, --no-[\w-]+)?(?: \S+)*?(?:\s{2,}(.*))?$", line)
+        # a flag's own line: two spaces, the flag, its metavar(s), its help; wrapped help is indented further
+        m = re.match(r"  (--[\w-]+)(?:, --no-[\w-]+)?(?: \S+(?: \[\S+ \.\.\.\])?)?(?:\s{2,}(.*))?$", line)
         if m and not line.strip().startswith("--no-"):
             flag, out[m.group(1)] = m.group(1), m.group(2) or ""
         elif flag and line.startswith(" " * 10):

@@ -9,7 +9,8 @@ import torch
 import memory
 from config import TrainConfig, UsageError
 from memory import GiB, MARGIN, MemoryPlanError, fit_micro_batch, model_config, plan
-from model import Qwen, QwenConfig
+from model import QwenConfig
+from test_memory_plan import saved_bytes
 
 # train.py's defaults (8 prompts x G = 8, 256 new tokens) with a 128-token prompt, 1 GPU, bf16, reference resident
 ROWS, PROMPT, NEW = 64, 128, 256
@@ -109,22 +110,6 @@ def test_fp32_and_reference_placements():
 
 def test_fp32_activation_bytes_match_what_autograd_saves():
     """One fp32 decoder layer's saved tensors (2 layers minus 1) against the fp32 per-layer formula."""
-
-    def saved_bytes(cfg):
-        model = Qwen(cfg)
-        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        seen = {}
-
-        def pack(t):
-            if t.untyped_storage().data_ptr() not in params:
-                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        ids = torch.randint(0, cfg.vocab_size, (2, 128), generator=torch.Generator().manual_seed(0))
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(ids, return_hidden=True)
-        return sum(seen.values())
-
     for name in ("Qwen2.5-0.5B", "Qwen3-0.6B"):
         over = {**memory.MODELS[name], "vocab_size": 512}
         one, two = (QwenConfig(**{**over, "num_hidden_layers": n}) for n in (1, 2))

@@ -4,6 +4,7 @@ model's figures against a hand computation."""
 import json
 import os
 import sys
+from contextlib import nullcontext
 
 import torch
 
@@ -11,6 +12,25 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import memory_plan  # noqa: E402
 from model import Qwen  # noqa: E402
+
+
+def saved_bytes(cfg, autocast_dtype=None) -> int:
+    """Bytes of the tensors autograd saves in one forward of a random Qwen(cfg) on [2, 128] tokens (the
+    parameters themselves left out), under CPU autocast to autocast_dtype when given."""
+    model = Qwen(cfg)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    ids = torch.randint(0, cfg.vocab_size, (2, 128), generator=torch.Generator().manual_seed(0))
+    autocast = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    with autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(ids, return_hidden=True)
+    return sum(seen.values())
 
 
 def test_parameter_counts_match_the_model_built_from_each_config():
@@ -49,27 +69,11 @@ def test_one_json_line_and_the_table(capsys):
 def test_activation_bytes_match_what_autograd_saves():
     """One decoder layer's saved tensors under bf16 autocast (2 layers minus 1, the bf16 casts of the
     weights left out) against the plan's per-layer formula, on real widths with a small vocabulary."""
-
-    def saved_bytes(cfg):
-        model = Qwen(cfg)
-        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        seen = {}
-
-        def pack(t):
-            if t.untyped_storage().data_ptr() not in params:
-                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        ids = torch.randint(0, cfg.vocab_size, (2, 128), generator=torch.Generator().manual_seed(0))
-        with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(ids, return_hidden=True)
-        return sum(seen.values())
-
     for name in ("Qwen2.5-0.5B", "Qwen3-0.6B"):
         over = {**memory_plan.MODELS[name], "vocab_size": 512}
         one, two = (memory_plan.QwenConfig(**{**over, "num_hidden_layers": n}) for n in (1, 2))
         with torch.device("meta"):
             casts = 2 * sum(p.numel() for p in Qwen(one).model.layers[0].parameters() if p.dim() == 2)
-        measured = saved_bytes(two) - saved_bytes(one) - casts
+        measured = saved_bytes(two, torch.bfloat16) - saved_bytes(one, torch.bfloat16) - casts
         planned = memory_plan.layer_act_bytes(one, 2 * 128)
         assert abs(measured / planned - 1) < 0.03, (name, measured, planned)

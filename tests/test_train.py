@@ -24,6 +24,7 @@ from config import TrainConfig, config_from_flags, make_config
 from model import Qwen
 from tokenizer import Tokenizer
 from conftest import scripted_generate
+from test_config import help_of_each_flag
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 countdown = tasks.get("countdown")
@@ -288,18 +289,6 @@ def test_each_task_has_its_default_model_and_a_wrong_task_model_is_refused(tiny_
     import eval as ev
     line = fails(capsys, "--task", "integration", "--model", made_for_countdown, "--n", "1", main=ev.main)
     assert "built for the countdown task" in line
-
-
-def help_of_each_flag(text) -> dict:
-    """--help text -> {flag: its help text} (argparse wraps long lines)."""
-    out, flag = {}, None
-    for line in text.splitlines():
-        m = re.match(r"\s+(--[\w-]+)(?:, --no-[\w-]+)?(?: \S+(?: \[\S+ \.\.\.\])?)?(?:\s{2,}(.*))?$", line)
-        if m and not line.strip().startswith("--no-"):
-            flag, out[m.group(1)] = m.group(1), m.group(2) or ""
-        elif flag and line.startswith(" " * 10):
-            out[flag] += " " + line.strip()
-    return out
 
 
 def test_help_states_the_value_each_flag_takes_in_the_default_run(capsys, tmp_path):
